@@ -1,0 +1,273 @@
+//! Typed configuration: `config/tern.toml` parsed once at start-up into these structs.
+//!
+//! Every key has a default, so an empty file (or none) runs tern on loopback with a data
+//! directory under the working directory. `config/tern.toml` documents each key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The XMPP domain of tern's users: `alice@<domain>`.
+    pub domain: String,
+    /// Where the store, the dev certificate and the admin socket live.
+    pub data_dir: PathBuf,
+    /// MQTT listeners and session limits.
+    pub mqtt: MqttConfig,
+    /// Certificate for the TLS listeners.
+    pub tls: TlsConfig,
+    /// Logins and session tokens.
+    pub auth: AuthConfig,
+    /// The durable inbox.
+    pub inbox: InboxConfig,
+    /// Envelope field limits.
+    pub limits: LimitsConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// A listener address, or `"off"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse::<Listen>().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" | "" => Ok(Listen(None)),
+            addr => addr.parse().map(|a| Listen(Some(a))).map_err(|e| format!("{addr:?}: {e}")),
+        }
+    }
+}
+
+/// MQTT listeners and per-session limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Plain TCP listener.
+    pub tcp: Listen,
+    /// TLS listener.
+    pub tls: Listen,
+    /// WebSocket listener (plain; put a TLS proxy in front for wss, or use `wss`).
+    pub ws: Listen,
+    /// Largest MQTT packet accepted, in bytes.
+    pub max_packet: usize,
+    /// Downward QoS 1 envelopes in flight per session before waiting for PUBACKs.
+    pub max_inflight: usize,
+    /// Time allowed between accepting a connection and its CONNECT, in seconds.
+    pub connect_timeout_secs: u64,
+    /// Most concurrent sessions.
+    pub max_connections: usize,
+    /// Upward envelopes a session may have in flight (applied but not yet durable).
+    pub max_pending_up: usize,
+}
+
+/// Certificate files for TLS.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; empty means `<data_dir>/tls/cert.pem`, created self-signed if missing.
+    pub cert: Option<PathBuf>,
+    /// PEM private key; empty means `<data_dir>/tls/key.pem`.
+    pub key: Option<PathBuf>,
+}
+
+/// Login settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lifetime of a session token issued after a password login, in seconds.
+    pub token_ttl_secs: u64,
+}
+
+/// Inbox retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboxConfig {
+    /// Most entries kept per user, acknowledged or not; the oldest go first.
+    pub max_entries_per_user: u64,
+    /// Oldest entry kept, in seconds, acknowledged or not.
+    pub max_age_secs: u64,
+    /// How long a message id is remembered to drop resends, in seconds.
+    pub dedupe_window_secs: u64,
+    /// How often retention runs, in seconds.
+    pub prune_interval_secs: u64,
+}
+
+/// Field limits for envelopes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest message body, in bytes.
+    pub max_body: usize,
+    /// Largest status text, thread or roster name, in bytes.
+    pub max_text: usize,
+    /// Most groups on a roster item.
+    pub max_groups: usize,
+}
+
+/// Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Listener for `GET /metrics`.
+    pub listen: Listen,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domain: "localhost".into(),
+            data_dir: PathBuf::from("data"),
+            mqtt: MqttConfig::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            inbox: InboxConfig::default(),
+            limits: LimitsConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        let at = |s: &str| Listen(s.parse().ok());
+        MqttConfig {
+            tcp: at("127.0.0.1:1883"),
+            tls: at("127.0.0.1:8883"),
+            ws: at("127.0.0.1:8083"),
+            max_packet: 64 * 1024,
+            max_inflight: 32,
+            connect_timeout_secs: 10,
+            max_connections: 200_000,
+            max_pending_up: 64,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { token_ttl_secs: 30 * 24 * 3600 }
+    }
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        InboxConfig {
+            max_entries_per_user: 10_000,
+            max_age_secs: 30 * 24 * 3600,
+            dedupe_window_secs: 7 * 24 * 3600,
+            prune_interval_secs: 60,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { max_body: 16 * 1024, max_text: 1024, max_groups: 16 }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: Listen("127.0.0.1:9464".parse().ok()) }
+    }
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// Parses and checks config text.
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Refuses values that would make the daemon misbehave rather than fail early.
+    pub fn check(&self) -> anyhow::Result<()> {
+        tern_bridge::Jid::parse(&self.domain)
+            .ok()
+            .filter(|j| j.local().is_none() && j.is_bare())
+            .ok_or_else(|| anyhow::anyhow!("domain {:?} is not a valid XMPP domain", self.domain))?;
+        anyhow::ensure!(self.mqtt.max_packet >= 1024, "mqtt.max_packet must be at least 1024");
+        anyhow::ensure!(
+            (1..=65_000).contains(&self.mqtt.max_inflight),
+            "mqtt.max_inflight must be 1..=65000"
+        );
+        anyhow::ensure!(self.mqtt.max_pending_up >= 1, "mqtt.max_pending_up must be at least 1");
+        anyhow::ensure!(
+            self.inbox.max_entries_per_user >= 1,
+            "inbox.max_entries_per_user must be at least 1"
+        );
+        Ok(())
+    }
+
+    /// The certificate and key paths, defaulting into the data dir.
+    pub fn tls_paths(&self) -> (PathBuf, PathBuf) {
+        let dir = self.data_dir.join("tls");
+        (
+            self.tls.cert.clone().unwrap_or_else(|| dir.join("cert.pem")),
+            self.tls.key.clone().unwrap_or_else(|| dir.join("key.pem")),
+        )
+    }
+
+    /// Connect timeout as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.mqtt.connect_timeout_secs)
+    }
+
+    /// Envelope limits for the parser.
+    pub fn envelope_limits(&self) -> crate::envelope::Limits {
+        crate::envelope::Limits {
+            max_body: self.limits.max_body,
+            max_text: self.limits.max_text,
+            max_groups: self.limits.max_groups,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_parses_to_the_defaults() {
+        let shipped = include_str!("../config/tern.toml");
+        let c = Config::parse(shipped).unwrap();
+        let d = Config::default();
+        assert_eq!(c.domain, d.domain);
+        assert_eq!(c.mqtt.tcp, d.mqtt.tcp);
+        assert_eq!(c.mqtt.tls, d.mqtt.tls);
+        assert_eq!(c.mqtt.ws, d.mqtt.ws);
+        assert_eq!(c.mqtt.max_packet, d.mqtt.max_packet);
+        assert_eq!(c.inbox.max_entries_per_user, d.inbox.max_entries_per_user);
+        assert_eq!(c.metrics.listen, d.metrics.listen);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Config::parse("domain = \"a@b\"").is_err());
+        assert!(Config::parse("[mqtt]\nmax_inflight = 0").is_err());
+        assert!(Config::parse("unknown = 1").is_err());
+        assert!(Config::parse("[mqtt]\ntcp = \"nonsense\"").is_err());
+        assert_eq!(Config::parse("[mqtt]\ntls = \"off\"").unwrap().mqtt.tls, Listen(None));
+    }
+}

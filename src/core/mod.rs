@@ -1,0 +1,4 @@
+//! Sans-IO cores of the phone side: they take events and `now`, return outputs, touch nothing.
+
+pub mod session;
+pub mod subscription;

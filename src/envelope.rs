@@ -1,0 +1,249 @@
+//! Parses upward envelopes (`tern.v1.Up`) into typed commands and builds downward ones.
+//!
+//! Everything a phone sends is checked here once, so the rest of the daemon handles only values
+//! that are already valid: JIDs parsed, ids bounded, sizes within the configured limits.
+
+use prost::Message;
+use tern_bridge::Jid;
+use tern_schemas::v1::{self, down, error::Code, up};
+
+use crate::ids::{MsgId, Seq};
+
+/// Size limits on envelope fields, from config.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest message body, in bytes.
+    pub max_body: usize,
+    /// Largest presence status or roster name, in bytes.
+    pub max_text: usize,
+    /// Most groups on one roster item.
+    pub max_groups: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_body: 16 * 1024, max_text: 1024, max_groups: 16 }
+    }
+}
+
+/// A valid upward envelope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpEnvelope {
+    /// The client's id for this envelope (may be empty where the kind does not need one).
+    pub id: String,
+    /// What the client asks for.
+    pub cmd: UpCmd,
+}
+
+/// What an upward envelope asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpCmd {
+    /// Send a message; `id` is its message id.
+    Chat { id: MsgId, to: Jid, chat: v1::Chat },
+    /// Send a receipt for message `of`.
+    Receipt { id: MsgId, to: Jid, receipt: v1::Receipt },
+    /// Send a chat state notification.
+    ChatState { to: Jid, state: v1::ChatState },
+    /// Set this device's presence, or send directed presence.
+    Presence { to: Option<Jid>, presence: v1::Presence },
+    /// A subscription request or answer to a bare JID.
+    Subscription { to: Jid, kind: v1::subscription::Kind },
+    /// Fetch the roster, or the delta since `ver`.
+    RosterGet { ver: u64 },
+    /// Add or change a roster item.
+    RosterSet { jid: Jid, name: String, groups: Vec<String> },
+    /// Remove a roster item.
+    RosterRemove { jid: Jid },
+    /// The device has processed the inbox up to here.
+    Ack { upto: Seq },
+    /// Resend the inbox after here.
+    Sync { after: Seq },
+}
+
+/// Why an upward envelope was refused, ready to send back as a `Down.error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopeError {
+    /// The id of the refused envelope, when it could be read.
+    pub id: String,
+    /// The error code.
+    pub code: Code,
+    /// A short, human-readable reason.
+    pub text: String,
+}
+
+impl EnvelopeError {
+    fn new(id: &str, code: Code, text: impl Into<String>) -> Self {
+        EnvelopeError { id: id.to_owned(), code, text: text.into() }
+    }
+    /// The `Down` envelope that reports this error.
+    pub fn to_down(&self) -> v1::Down {
+        error_down(&self.id, self.code, &self.text)
+    }
+}
+
+/// A `Down` carrying an error about the envelope `id`.
+pub fn error_down(id: &str, code: Code, text: &str) -> v1::Down {
+    v1::Down {
+        id: id.to_owned(),
+        body: Some(down::Body::Error(v1::Error { code: code as i32, text: text.to_owned() })),
+        ..Default::default()
+    }
+}
+
+/// Decodes and validates one upward payload.
+pub fn decode_up(payload: &[u8], limits: &Limits) -> Result<UpEnvelope, EnvelopeError> {
+    let up = v1::Up::decode(payload)
+        .map_err(|e| EnvelopeError::new("", Code::BadEnvelope, format!("not an Up: {e}")))?;
+    let id = up.id;
+    if id.len() > crate::ids::MAX_MSG_ID {
+        return Err(EnvelopeError::new("", Code::TooLarge, "id too long"));
+    }
+    let err = |code, text: &str| EnvelopeError::new(&id, code, text);
+    let msg_id = || MsgId::parse(&id).map_err(|e| err(Code::BadEnvelope, &format!("id: {e}")));
+    let jid = |s: &str| Jid::parse(s).map_err(|e| err(Code::BadJid, &e.to_string()));
+    let cmd = match up.body.ok_or_else(|| err(Code::BadEnvelope, "empty body"))? {
+        up::Body::Chat(chat) => {
+            if chat.body.len() > limits.max_body || chat.thread.len() > limits.max_text {
+                return Err(err(Code::TooLarge, "body too large"));
+            }
+            if v1::MessageType::try_from(chat.r#type).is_err() {
+                return Err(err(Code::BadEnvelope, "unknown message type"));
+            }
+            UpCmd::Chat { id: msg_id()?, to: jid(&chat.peer)?, chat }
+        }
+        up::Body::Receipt(receipt) => {
+            MsgId::parse(&receipt.id).map_err(|e| err(Code::BadEnvelope, &format!("receipt id: {e}")))?;
+            if v1::receipt::Kind::try_from(receipt.kind).is_err() {
+                return Err(err(Code::BadEnvelope, "unknown receipt kind"));
+            }
+            UpCmd::Receipt { id: msg_id()?, to: jid(&receipt.peer)?, receipt }
+        }
+        up::Body::ChatState(state) => {
+            if v1::chat_state::State::try_from(state.state).is_err() {
+                return Err(err(Code::BadEnvelope, "unknown chat state"));
+            }
+            UpCmd::ChatState { to: jid(&state.peer)?, state }
+        }
+        up::Body::Presence(presence) => {
+            if presence.status.len() > limits.max_text {
+                return Err(err(Code::TooLarge, "status too large"));
+            }
+            if v1::presence::Show::try_from(presence.show).is_err() {
+                return Err(err(Code::BadEnvelope, "unknown show"));
+            }
+            let to = match presence.peer.as_str() {
+                "" => None,
+                peer => Some(jid(peer)?),
+            };
+            UpCmd::Presence { to, presence }
+        }
+        up::Body::Subscription(sub) => {
+            let kind = v1::subscription::Kind::try_from(sub.kind)
+                .map_err(|_| err(Code::BadEnvelope, "unknown subscription kind"))?;
+            UpCmd::Subscription { to: jid(&sub.peer)?.to_bare(), kind }
+        }
+        up::Body::RosterGet(get) => UpCmd::RosterGet { ver: get.ver },
+        up::Body::RosterSet(item) => {
+            if item.name.len() > limits.max_text
+                || item.groups.len() > limits.max_groups
+                || item.groups.iter().any(|g| g.len() > limits.max_text)
+            {
+                return Err(err(Code::TooLarge, "roster item too large"));
+            }
+            UpCmd::RosterSet { jid: jid(&item.jid)?.to_bare(), name: item.name, groups: item.groups }
+        }
+        up::Body::RosterRemove(rm) => UpCmd::RosterRemove { jid: jid(&rm.jid)?.to_bare() },
+        up::Body::Ack(ack) => UpCmd::Ack { upto: Seq(ack.upto) },
+        up::Body::Sync(sync) => UpCmd::Sync { after: Seq(sync.after) },
+    };
+    Ok(UpEnvelope { id, cmd })
+}
+
+/// Short name of an envelope kind, for metric labels.
+pub fn up_kind(cmd: &UpCmd) -> &'static str {
+    match cmd {
+        UpCmd::Chat { .. } => "chat",
+        UpCmd::Receipt { .. } => "receipt",
+        UpCmd::ChatState { .. } => "chat_state",
+        UpCmd::Presence { .. } => "presence",
+        UpCmd::Subscription { .. } => "subscription",
+        UpCmd::RosterGet { .. } => "roster_get",
+        UpCmd::RosterSet { .. } => "roster_set",
+        UpCmd::RosterRemove { .. } => "roster_remove",
+        UpCmd::Ack { .. } => "ack",
+        UpCmd::Sync { .. } => "sync",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn encode(up: v1::Up) -> Vec<u8> {
+        up.encode_to_vec()
+    }
+
+    fn chat_to(peer: &str, body: &str) -> v1::Up {
+        v1::Up {
+            id: "m1".into(),
+            body: Some(up::Body::Chat(v1::Chat {
+                peer: peer.into(),
+                body: body.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn a_chat_round_trips_into_a_command() {
+        let env = decode_up(&encode(chat_to("Bob@Example.org", "hi")), &Limits::default()).unwrap();
+        let UpCmd::Chat { id, to, chat } = env.cmd else { panic!("chat expected") };
+        assert_eq!(id.as_str(), "m1");
+        assert_eq!(to.to_string(), "bob@example.org");
+        assert_eq!(chat.body, "hi");
+    }
+
+    #[test]
+    fn exact_errors() {
+        let limits = Limits { max_body: 4, ..Limits::default() };
+        let e = decode_up(&encode(chat_to("bob@x", "hello")), &limits).unwrap_err();
+        assert_eq!((e.id.as_str(), e.code), ("m1", Code::TooLarge));
+        let e = decode_up(&encode(chat_to("@x", "hi")), &limits).unwrap_err();
+        assert_eq!(e.code, Code::BadJid);
+        let e = decode_up(b"\xff\xff\xff", &limits).unwrap_err();
+        assert_eq!((e.id.as_str(), e.code), ("", Code::BadEnvelope));
+        let e = decode_up(&encode(v1::Up { id: "x".into(), body: None }), &limits).unwrap_err();
+        assert_eq!((e.id.as_str(), e.code), ("x", Code::BadEnvelope));
+        let mut no_id = chat_to("bob@x", "hi");
+        no_id.id.clear();
+        assert_eq!(decode_up(&encode(no_id), &limits).unwrap_err().code, Code::BadEnvelope);
+    }
+
+    #[test]
+    fn subscriptions_and_roster_items_are_bare() {
+        let up = v1::Up {
+            id: "s".into(),
+            body: Some(up::Body::Subscription(v1::Subscription { peer: "bob@x/phone".into(), kind: 0 })),
+        };
+        let UpCmd::Subscription { to, .. } = decode_up(&encode(up), &Limits::default()).unwrap().cmd else {
+            panic!("subscription expected")
+        };
+        assert!(to.is_bare());
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_up(&bytes, &Limits::default());
+        }
+
+        #[test]
+        fn mutated_valid_envelopes_never_panic(flip in 0usize..64, bit in 0u8..8) {
+            let mut bytes = encode(chat_to("bob@example.org/phone", "hello there"));
+            let i = flip % bytes.len();
+            bytes[i] ^= 1 << bit;
+            let _ = decode_up(&bytes, &Limits::default());
+        }
+    }
+}

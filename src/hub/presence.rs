@@ -1,0 +1,84 @@
+//! Presence (RFC 6121 §4): who is online on which device, and who may hear about it.
+
+use tern_bridge::Jid;
+use tern_schemas::v1::{self, down, presence::Show};
+
+use super::Hub;
+use crate::core::session::Identity;
+use crate::ids::{DeviceId, UserName};
+
+impl Hub {
+    /// A session opened: the device is available (its initial presence), and it learns its
+    /// contacts' presence, as a probe would tell it (RFC 6121 §4.2–4.3).
+    pub fn device_online(&self, id: &Identity) {
+        metrics::gauge!("tern_devices_online").increment(1.0);
+        self.on_presence(id, None, v1::Presence::default());
+        for contact in self.contacts(&id.user, |r| r.to) {
+            for (device, mut p) in self.presence_of(&contact) {
+                p.peer = format!("{}/{}", self.bare_jid(&contact), device.as_str());
+                self.live_to_device(id, down::Body::Presence(p));
+            }
+        }
+    }
+
+    /// A session ended, cleanly or not: the device is unavailable.
+    pub fn device_offline(&self, id: &Identity) {
+        metrics::gauge!("tern_devices_online").decrement(1.0);
+        let gone = v1::Presence { show: Show::Unavailable as i32, ..Default::default() };
+        self.on_presence(id, None, gone);
+    }
+
+    /// Broadcast presence (no `to`) or directed presence (`to`) from a device.
+    pub(super) fn on_presence(&self, from: &Identity, to: Option<Jid>, mut p: v1::Presence) {
+        p.peer = self.full_jid(from);
+        if let Some(to) = to {
+            if let Some(user) = self.local_user(&to) {
+                self.live(&user, down::Body::Presence(p));
+            }
+            return;
+        }
+        {
+            let mut table = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+            let devices = table.entry(from.user.clone()).or_default();
+            if p.show == Show::Unavailable as i32 {
+                devices.remove(&from.device);
+            } else {
+                devices.insert(from.device.clone(), p.clone());
+            }
+        }
+        self.broadcast(&from.user, p);
+    }
+
+    /// Sends `p` to the user's own devices and to every contact subscribed to the user.
+    pub(super) fn broadcast(&self, user: &UserName, p: v1::Presence) {
+        self.live(user, down::Body::Presence(p.clone()));
+        for contact in self.contacts(user, |r| r.from) {
+            self.live(&contact, down::Body::Presence(p.clone()));
+        }
+    }
+
+    /// The current presence of each online device of `user`.
+    pub(super) fn presence_of(&self, user: &UserName) -> Vec<(DeviceId, v1::Presence)> {
+        let table = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+        table.get(user).map(|d| d.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
+    }
+
+    /// Local contacts of `user` whose record passes `keep`.
+    pub(super) fn contacts(
+        &self,
+        user: &UserName,
+        keep: impl Fn(&crate::store::roster::ContactRecord) -> bool,
+    ) -> Vec<UserName> {
+        let all = match self.store.rosters.all(user) {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::error!(error = %e, "roster read failed; presence not routed");
+                return Vec::new();
+            }
+        };
+        all.into_iter()
+            .filter(|(_, r)| keep(r))
+            .filter_map(|(jid, _)| Jid::parse(&jid).ok().and_then(|j| self.local_user(&j)))
+            .collect()
+    }
+}

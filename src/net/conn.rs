@@ -1,0 +1,321 @@
+//! The driver of one MQTT connection: feeds bytes, results and timers into the sans-IO
+//! [`Session`], and carries out every action it returns.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::Notification;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::core::session::{Action, Applied, Identity, LoginOk, Session, SessionConfig};
+use crate::envelope::EnvelopeError;
+use crate::hub::Hub;
+use crate::ids::Seq;
+use crate::mqtt::{CloseReason, Codec, CodecError, ConnCode, Outbound};
+use crate::net::registry::{Claim, Registry};
+use crate::topic;
+
+/// What every connection shares.
+pub struct Shared {
+    /// The hub.
+    pub hub: Arc<Hub>,
+    /// The rumqttd broker whose router carries wakes, live envelopes and plain topics.
+    pub broker: Arc<rumqttd::Broker>,
+    /// Live sessions.
+    pub registry: Arc<Registry>,
+    /// Session limits.
+    pub session: SessionConfig,
+    /// Largest MQTT packet.
+    pub max_packet: usize,
+    /// Most concurrent connections.
+    pub max_connections: usize,
+}
+
+type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What woke the driver.
+enum Event {
+    Read(std::io::Result<usize>),
+    Login(Result<LoginOk, ConnCode>),
+    Applied(u64, Result<Applied, EnvelopeError>),
+    Router(Result<Option<Notification>, rumqttd::local::LinkError>),
+    Kicked,
+    Timer,
+}
+
+/// The router side of an open session.
+struct Bound {
+    id: Identity,
+    claim: Claim,
+    tx: LinkTx,
+    rx: LinkRx,
+}
+
+/// Runs one connection to its end. Never panics on input; errors end only this connection.
+pub async fn run<S>(stream: S, listener: &'static str, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    metrics::counter!("tern_connections_total", "listener" => listener).increment(1);
+    if !shared.registry.try_connect(shared.max_connections) {
+        metrics::counter!("tern_connections_refused_total", "reason" => "max_connections").increment(1);
+        return;
+    }
+    metrics::gauge!("tern_connections").increment(1.0);
+    let mut driver = Driver {
+        session: Session::new(shared.session.clone(), Instant::now().into_std()),
+        codec: Codec::new(shared.max_packet),
+        shared: shared.clone(),
+        wbuf: BytesMut::with_capacity(1024),
+        bound: None,
+        login: None,
+        applies: FuturesUnordered::new(),
+        closing: false,
+    };
+    driver.run(stream).await;
+    if let Some(b) = driver.bound.take() {
+        driver.unbind(b);
+    }
+    shared.registry.disconnect();
+    metrics::gauge!("tern_connections").decrement(1.0);
+}
+
+struct Driver {
+    session: Session,
+    codec: Codec,
+    shared: Arc<Shared>,
+    wbuf: BytesMut,
+    bound: Option<Bound>,
+    login: Option<Pending<Result<LoginOk, ConnCode>>>,
+    applies: FuturesUnordered<Pending<(u64, Result<Applied, EnvelopeError>)>>,
+    closing: bool,
+}
+
+impl Driver {
+    async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(&mut self, stream: S) {
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut rbuf = BytesMut::with_capacity(1024);
+        loop {
+            self.drain().await;
+            if !self.wbuf.is_empty() {
+                let n = self.wbuf.len();
+                if wr.write_all(&self.wbuf).await.is_err() {
+                    self.session.on_transport_closed();
+                    self.closing = true;
+                } else {
+                    metrics::counter!("tern_bytes_sent_total").increment(n as u64);
+                }
+                self.wbuf.clear();
+                if self.wbuf.capacity() > 64 * 1024 {
+                    // One large burst should not pin memory for the life of an idle session.
+                    self.wbuf = BytesMut::with_capacity(1024);
+                }
+                continue;
+            }
+            if self.closing {
+                let _ = wr.shutdown().await;
+                return;
+            }
+            let deadline = self.session.poll_timeout().map(Instant::from_std);
+            let reading = self.session.wants_read();
+            let kicked = self.bound.as_ref().map(|b| b.claim.kicked.clone());
+            let (login, applies, bound) = (&mut self.login, &mut self.applies, &mut self.bound);
+            let event = tokio::select! {
+                r = rd.read_buf(&mut rbuf), if reading => Event::Read(r),
+                r = async { login.as_mut().expect("guarded by the select condition").await }, if login.is_some() => Event::Login(r),
+                Some((t, r)) = applies.next(), if !applies.is_empty() => Event::Applied(t, r),
+                n = async { bound.as_mut().expect("guarded by the select condition").rx.next().await }, if bound.is_some() => Event::Router(n),
+                _ = async { kicked.as_ref().expect("guarded by the select condition").notified().await }, if kicked.is_some() => Event::Kicked,
+                _ = sleep_until(deadline), if deadline.is_some() => Event::Timer,
+            };
+            match event {
+                Event::Read(Ok(0)) | Event::Read(Err(_)) => self.session.on_transport_closed(),
+                Event::Read(Ok(n)) => {
+                    metrics::counter!("tern_bytes_received_total").increment(n as u64);
+                    self.decode(&mut rbuf);
+                    if rbuf.is_empty() && rbuf.capacity() > 2 * self.shared.max_packet.max(4096) {
+                        rbuf = BytesMut::with_capacity(1024);
+                    }
+                }
+                Event::Login(r) => {
+                    self.login = None;
+                    self.session.on_login(Instant::now().into_std(), r);
+                }
+                Event::Applied(ticket, r) => self.session.on_applied(ticket, r),
+                Event::Router(n) => self.on_notification(n).await,
+                Event::Kicked => self.session.on_taken_over(),
+                Event::Timer => self.session.on_timeout(Instant::now().into_std()),
+            }
+        }
+    }
+
+    fn decode(&mut self, rbuf: &mut BytesMut) {
+        loop {
+            match self.codec.decode(rbuf) {
+                Ok(Some(p)) => self.session.on_packet(Instant::now().into_std(), p),
+                Ok(None) => return,
+                Err(e) => {
+                    metrics::counter!("tern_protocol_errors_total").increment(1);
+                    tracing::info!(error = %e, "closing a connection on a bad packet");
+                    match e {
+                        CodecError::UnsupportedLevel(_) => {
+                            self.codec.encode(
+                                Outbound::ConnAck { session_present: false, code: ConnCode::BadProtocol },
+                                &mut self.wbuf,
+                            );
+                            self.session.on_protocol_error(CloseReason::Normal);
+                        }
+                        CodecError::TooLarge(_) => {
+                            self.session.on_protocol_error(CloseReason::PacketTooLarge)
+                        }
+                        _ => self.session.on_protocol_error(CloseReason::ProtocolError),
+                    }
+                    rbuf.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn on_notification(&mut self, n: Result<Option<Notification>, rumqttd::local::LinkError>) {
+        let Some(bound) = self.bound.as_mut() else { return };
+        match n {
+            Ok(Some(Notification::Forward(f))) => {
+                let topic = String::from_utf8_lossy(&f.publish.topic).into_owned();
+                let payload = f.publish.payload;
+                if topic == topic::wake_topic(&bound.id.user) {
+                    let seq = (payload.len() == 8).then(|| Bytes::clone(&payload).get_u64());
+                    self.session.on_wake(Seq(seq.unwrap_or(0)));
+                } else if topic.starts_with("_tern/l/") {
+                    self.session.on_live(payload);
+                } else if let Some(t) = topic::strip_namespace(&bound.id.user, &topic) {
+                    self.session.on_router_message(t.to_owned(), payload);
+                }
+            }
+            Ok(Some(Notification::Unschedule)) => {
+                let _ = bound.rx.wake().await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "router link failed; closing the session");
+                self.session.on_transport_closed();
+            }
+        }
+    }
+
+    async fn drain(&mut self) {
+        while let Some(action) = self.session.poll_action() {
+            match action {
+                Action::Send(p) => self.codec.encode(p, &mut self.wbuf),
+                Action::Authenticate { id, secret } => {
+                    let hub = self.shared.hub.clone();
+                    self.login = Some(Box::pin(async move { hub.login(&id, secret).await }));
+                }
+                Action::Started { id } => self.bind(id),
+                Action::Apply { ticket, env } => {
+                    let Some(id) = self.session.identity().cloned() else { continue };
+                    let hub = self.shared.hub.clone();
+                    // Pushed in order and first polled in order, so the synchronous part of
+                    // `apply` (which assigns inbox sequence numbers) runs in PUBLISH order.
+                    self.applies.push(Box::pin(async move { (ticket, hub.apply(&id, env).await) }));
+                }
+                Action::Fetch { after, limit } => {
+                    let Some(id) = self.session.identity() else { continue };
+                    match self.shared.hub.store().inbox.read(&id.user, after, limit) {
+                        Ok(entries) => self.session.on_entries(entries),
+                        Err(e) => {
+                            tracing::error!(error = %e, "inbox read failed; closing the session");
+                            self.session.on_transport_closed();
+                        }
+                    }
+                }
+                Action::SaveCursor(seq) => {
+                    if let Some(id) = self.session.identity() {
+                        if let Err(e) = self.shared.hub.store().inbox.set_cursor(&id.user, &id.device, seq) {
+                            tracing::error!(error = %e, "saving a cursor failed");
+                        }
+                    }
+                }
+                Action::RouterSubscribe(f) => self.with_link(|tx| tx.subscribe(f).map(|_| ())),
+                Action::RouterUnsubscribe(f) => self.with_link(|tx| tx.unsubscribe(f).map(|_| ())),
+                Action::RouterPublish { topic, payload } => {
+                    self.with_link(|tx| tx.publish(topic, payload).map(|_| ()))
+                }
+                Action::Close(_) => self.closing = true,
+                Action::Ended { id, graceful } => {
+                    tracing::debug!(user = %id.user, device = %id.device, graceful, "session ended");
+                    if let Some(b) = self.bound.take() {
+                        self.unbind(b);
+                    }
+                }
+            }
+        }
+    }
+
+    fn with_link(&mut self, f: impl FnOnce(&mut LinkTx) -> Result<(), rumqttd::local::LinkError>) {
+        if let Some(b) = self.bound.as_mut() {
+            if let Err(e) = f(&mut b.tx) {
+                tracing::warn!(error = %e, "router refused a request");
+            }
+        }
+    }
+
+    fn bind(&mut self, id: Identity) {
+        let claim = self.shared.registry.claim(&id);
+        let link_id = Registry::link_id(&id, &claim);
+        // `Broker::link` waits on the router thread's reply with a blocking channel; it answers
+        // in microseconds, but a tokio worker must be told it is blocking.
+        let link = tokio::task::block_in_place(|| self.shared.broker.link(&link_id));
+        let (mut tx, rx) = match link {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "router refused a link; closing the session");
+                self.shared.registry.release(&id, &claim);
+                self.session.on_transport_closed();
+                return;
+            }
+        };
+        for filter in [
+            topic::wake_topic(&id.user),
+            topic::live_topic(&id.user),
+            topic::device_live_topic(&id.user, &id.device),
+        ] {
+            if let Err(e) = tx.subscribe(filter) {
+                tracing::error!(error = %e, "router subscribe failed");
+            }
+        }
+        // Entries made durable between the login read and these subscriptions woke nobody.
+        if let Ok(durable) = self.shared.hub.store().inbox.durable(&id.user) {
+            self.session.on_wake(durable);
+        }
+        self.shared.hub.device_online(&id);
+        tracing::debug!(user = %id.user, device = %id.device, "session started");
+        self.bound = Some(Bound { id, claim, tx, rx });
+    }
+
+    fn unbind(&self, b: Bound) {
+        self.shared.hub.device_offline(&b.id);
+        self.shared.registry.release(&b.id, &b.claim);
+        let mut tx = b.tx;
+        let disconnect = rumqttd::protocol::Disconnect {
+            reason_code: rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,
+        };
+        // Tells the router to drop the link now rather than when it next fails to reach it.
+        let _ = futures_util::FutureExt::now_or_never(
+            tx.send(rumqttd::protocol::Packet::Disconnect(disconnect, None)),
+        );
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => tokio::time::sleep(Duration::from_secs(3600)).await,
+    }
+}

@@ -1,0 +1,77 @@
+//! Accept loops for the TCP, TLS and WebSocket listeners.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use super::conn::{self, Shared};
+
+/// How a listener frames MQTT.
+#[derive(Clone)]
+pub enum Transport {
+    /// Plain TCP.
+    Tcp,
+    /// TLS over TCP.
+    Tls(TlsAcceptor),
+    /// WebSocket over TCP.
+    Ws,
+}
+
+/// Handshakes (TLS, WebSocket) must finish within this, or the socket is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds `addr`; returns the bound address (useful with port 0) and the accept loop.
+pub async fn bind(
+    addr: SocketAddr,
+    transport: Transport,
+    shared: Arc<Shared>,
+) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let name: &'static str = match transport {
+        Transport::Tcp => "tcp",
+        Transport::Tls(_) => "tls",
+        Transport::Ws => "ws",
+    };
+    tracing::info!(listener = name, addr = %local, "listening");
+    let accept_loop = async move {
+        loop {
+            let (socket, _peer) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = socket.set_nodelay(true);
+            tokio::spawn(serve(socket, transport.clone(), name, shared.clone()));
+        }
+    };
+    Ok((local, accept_loop))
+}
+
+async fn serve(socket: TcpStream, transport: Transport, name: &'static str, shared: Arc<Shared>) {
+    match transport {
+        Transport::Tcp => conn::run(socket, name, shared).await,
+        Transport::Tls(acceptor) => {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                Ok(Ok(tls)) => conn::run(tls, name, shared).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
+            }
+        }
+        Transport::Ws => {
+            let max = shared.max_packet + 16;
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, super::ws::accept(socket, max)).await {
+                Ok(Ok(ws)) => conn::run(ws, name, shared).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "WebSocket handshake failed"),
+                Err(_) => tracing::debug!("WebSocket handshake timed out"),
+            }
+        }
+    }
+}

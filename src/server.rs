@@ -1,0 +1,123 @@
+//! Start-up: opens the store, starts the rumqttd router, binds every listener, starts timers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::core::session::SessionConfig;
+use crate::hub::{now_ms, Hub};
+use crate::net::conn::Shared;
+use crate::net::listener::{self, Transport};
+use crate::net::registry::Registry;
+use crate::store::inbox::Retention;
+use crate::store::Store;
+
+/// Where a started server listens.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// MQTT over TCP.
+    pub tcp: Option<SocketAddr>,
+    /// MQTT over TLS.
+    pub tls: Option<SocketAddr>,
+    /// MQTT over WebSocket.
+    pub ws: Option<SocketAddr>,
+}
+
+/// Starts everything and returns the bound addresses; the tasks run on the current runtime.
+pub async fn start(config: Config) -> anyhow::Result<Bound> {
+    let store = Store::open(&config.data_dir)?;
+    let depth = store.inbox.count_all();
+    metrics::gauge!("tern_inbox_depth").set(depth as f64);
+
+    let broker = Arc::new(rumqttd::Broker::new(router_config(&config)));
+    let (hub_tx, mut hub_rx) = tokio::task::block_in_place(|| broker.link("tern-hub"))?;
+    // The hub only publishes, but its link still gets notifications that must be drained.
+    tokio::spawn(async move { while let Ok(_n) = hub_rx.next().await {} });
+    let domain = tern_bridge::Jid::parse(&config.domain)?.domain().to_owned();
+    let hub = Hub::new(domain, store.clone(), hub_tx, config.auth.token_ttl_secs)?;
+
+    let shared = Arc::new(Shared {
+        hub,
+        broker,
+        registry: Arc::new(Registry::default()),
+        session: SessionConfig {
+            max_inflight: config.mqtt.max_inflight,
+            max_pending_up: config.mqtt.max_pending_up,
+            connect_timeout: config.connect_timeout(),
+            limits: config.envelope_limits(),
+        },
+        max_packet: config.mqtt.max_packet,
+        max_connections: config.mqtt.max_connections,
+    });
+
+    let mut bound = Bound { tcp: None, tls: None, ws: None };
+    if let Some(addr) = config.mqtt.tcp.0 {
+        let (local, accept) = listener::bind(addr, Transport::Tcp, shared.clone()).await?;
+        bound.tcp = Some(local);
+        tokio::spawn(accept);
+    }
+    if let Some(addr) = config.mqtt.tls.0 {
+        let (cert, key) = config.tls_paths();
+        if config.tls.cert.is_none() && !cert.exists() {
+            crate::tls::write_self_signed(&cert, &key, &["localhost".into(), "127.0.0.1".into()])?;
+            tracing::warn!(cert = %cert.display(), "no certificate configured: made a self-signed one for development");
+        }
+        let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&cert, &key)?);
+        let (local, accept) = listener::bind(addr, Transport::Tls(acceptor), shared.clone()).await?;
+        bound.tls = Some(local);
+        tokio::spawn(accept);
+    }
+    if let Some(addr) = config.mqtt.ws.0 {
+        let (local, accept) = listener::bind(addr, Transport::Ws, shared.clone()).await?;
+        bound.ws = Some(local);
+        tokio::spawn(accept);
+    }
+
+    let admin_path = crate::admin::socket_path(&config.data_dir);
+    let users = store.users.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::admin::serve(admin_path, users).await {
+            tracing::error!(error = %e, "admin socket failed");
+        }
+    });
+
+    let rules = Retention {
+        max_entries: config.inbox.max_entries_per_user,
+        max_age_ms: config.inbox.max_age_secs.saturating_mul(1000),
+        dedupe_ms: config.inbox.dedupe_window_secs.saturating_mul(1000),
+    };
+    let inbox = store.inbox.clone();
+    let every = Duration::from_secs(config.inbox.prune_interval_secs.max(1));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let inbox = inbox.clone();
+            match tokio::task::spawn_blocking(move || inbox.prune(now_ms(), rules)).await {
+                Ok(Ok(p)) if p.entries + p.dedupe > 0 => {
+                    tracing::info!(entries = p.entries, dedupe = p.dedupe, "retention pass")
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "retention pass failed"),
+                _ => {}
+            }
+        }
+    });
+    Ok(bound)
+}
+
+fn router_config(config: &Config) -> rumqttd::Config {
+    rumqttd::Config {
+        router: rumqttd::RouterConfig {
+            // The hub's own link, plus every session.
+            max_connections: config.mqtt.max_connections + 16,
+            max_outgoing_packet_count: 200,
+            // Wakes and live envelopes are tiny and consumed at once; plain topics are at most
+            // once. Small segments keep per-topic memory low with many users.
+            max_segment_size: 64 * 1024,
+            max_segment_count: 4,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}

@@ -1,0 +1,294 @@
+//! The durable inbox: per-user sequenced entries, per-device cursors, dedupe of resends, retention.
+//!
+//! Every downward envelope worth keeping gets the next sequence number of its user and is written
+//! before anyone is told about it. A session only ever reads entries up to the user's *durable*
+//! mark, which moves after the group commit that covered them, so a device can never acknowledge
+//! an entry that a crash could take back.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use prost::Message;
+use tern_schemas::v1;
+
+use super::{keys, StoreError};
+use crate::ids::{DeviceId, MsgId, Seq, UserName};
+
+/// Last sequence number handed out: `s user \0`. Kept apart from the entries so that pruning
+/// every entry never lets a number be handed out twice.
+const LAST_SEQ: u8 = b's';
+
+/// One envelope to store for one user.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Whose inbox.
+    pub user: UserName,
+    /// The device of that same user that caused it, which does not need its own copy.
+    pub origin: Option<DeviceId>,
+    /// The envelope; its `seq` is filled in here.
+    pub down: v1::Down,
+}
+
+/// A stored entry, as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEntry {
+    /// Its position.
+    pub seq: Seq,
+    /// The device it came from, if it is a copy of that device's own envelope.
+    pub origin: Option<String>,
+    /// When it was stored, ms since the epoch.
+    pub ts_ms: u64,
+    /// The encoded `Down`, `seq` included, ready to publish.
+    pub down: Bytes,
+}
+
+/// The outcome of an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored at these positions (not yet durable).
+    Stored(Vec<(UserName, Seq)>),
+    /// The (sender, id) pair was seen before: nothing stored.
+    Duplicate,
+}
+
+/// Counts from one retention pass.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Entries removed.
+    pub entries: u64,
+    /// Dedupe records removed.
+    pub dedupe: u64,
+}
+
+/// Retention rules, from config.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Most entries per user.
+    pub max_entries: u64,
+    /// Oldest entry, ms.
+    pub max_age_ms: u64,
+    /// Oldest dedupe record, ms.
+    pub dedupe_ms: u64,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Marks {
+    last: u64,
+    durable: u64,
+}
+
+/// The inbox over the `data` tree.
+pub struct Inbox {
+    tree: sled::Tree,
+    // One lock for all appends: the critical section is a few microseconds of in-memory work
+    // plus one sled batch, and a single lock keeps seq order equal to write order across users.
+    marks: Mutex<HashMap<UserName, Marks>>,
+}
+
+impl Inbox {
+    /// Wraps the `data` tree.
+    pub fn new(tree: sled::Tree) -> Inbox {
+        Inbox { tree, marks: Mutex::new(HashMap::new()) }
+    }
+
+    fn load_marks(&self, user: &UserName) -> Result<Marks, StoreError> {
+        let last = match self.tree.get(keys::prefix(LAST_SEQ, user))? {
+            Some(v) => {
+                u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt("inbox seq"))?)
+            }
+            None => 0,
+        };
+        // Everything that survived a restart is on disk, hence durable.
+        Ok(Marks { last, durable: last })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserName, Marks>> {
+        // A panic while holding this lock leaves only in-memory marks behind, which are
+        // re-read from disk on demand; recovering the guard is safe.
+        self.marks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores `deliveries` atomically, with a dedupe record for `dedupe` if given.
+    pub fn append(
+        &self,
+        dedupe: Option<(&UserName, &MsgId)>,
+        now_ms: u64,
+        deliveries: Vec<Delivery>,
+    ) -> Result<Appended, StoreError> {
+        let mut marks = self.lock();
+        let mut batch = sled::Batch::default();
+        if let Some((sender, id)) = dedupe {
+            let key = keys::key(keys::DEDUPE, sender, id.as_str().as_bytes());
+            if self.tree.contains_key(&key)? {
+                return Ok(Appended::Duplicate);
+            }
+            batch.insert(key, &now_ms.to_be_bytes());
+        }
+        let mut stored = Vec::with_capacity(deliveries.len());
+        let mut bumped: Vec<(UserName, Marks)> = Vec::new();
+        for mut d in deliveries {
+            let mut m = match bumped.iter().find(|(u, _)| *u == d.user) {
+                Some((_, m)) => *m,
+                None => match marks.get(&d.user) {
+                    Some(m) => *m,
+                    None => self.load_marks(&d.user)?,
+                },
+            };
+            m.last += 1;
+            d.down.seq = m.last;
+            batch.insert(keys::inbox(&d.user, Seq(m.last)), encode_entry(now_ms, d.origin.as_ref(), &d.down));
+            batch.insert(keys::prefix(LAST_SEQ, &d.user), &m.last.to_be_bytes());
+            stored.push((d.user.clone(), Seq(m.last)));
+            match bumped.iter_mut().find(|(u, _)| *u == d.user) {
+                Some(slot) => slot.1 = m,
+                None => bumped.push((d.user, m)),
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        for (user, m) in bumped {
+            marks.insert(user, m);
+        }
+        metrics::gauge!("tern_inbox_depth").increment(stored.len() as f64);
+        Ok(Appended::Stored(stored))
+    }
+
+    /// Moves the durable marks after a commit that covered `stored`.
+    pub fn mark_durable(&self, stored: &[(UserName, Seq)]) {
+        let mut marks = self.lock();
+        for (user, seq) in stored {
+            if let Some(m) = marks.get_mut(user) {
+                m.durable = m.durable.max(seq.0);
+            }
+        }
+    }
+
+    /// The highest entry of `user` that is on disk.
+    pub fn durable(&self, user: &UserName) -> Result<Seq, StoreError> {
+        let mut marks = self.lock();
+        if let Some(m) = marks.get(user) {
+            return Ok(Seq(m.durable));
+        }
+        let m = self.load_marks(user)?;
+        marks.insert(user.clone(), m);
+        Ok(Seq(m.durable))
+    }
+
+    /// Up to `limit` durable entries of `user` after `after`, in order.
+    pub fn read(&self, user: &UserName, after: Seq, limit: usize) -> Result<Vec<StoredEntry>, StoreError> {
+        let upto = self.durable(user)?;
+        if after >= upto {
+            return Ok(Vec::new());
+        }
+        let from = keys::inbox(user, after.next());
+        let to = keys::inbox(user, upto.next());
+        let mut out = Vec::new();
+        for item in self.tree.range(from..to).take(limit) {
+            let (k, v) = item?;
+            let seq = keys::seq_of(&k).ok_or(StoreError::Corrupt("inbox key"))?;
+            out.push(decode_entry(seq, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The last entry `device` of `user` acknowledged.
+    pub fn cursor(&self, user: &UserName, device: &DeviceId) -> Result<Option<Seq>, StoreError> {
+        let key = keys::key(keys::CURSOR, user, device.as_str().as_bytes());
+        match self.tree.get(key)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(Seq(u64::from_be_bytes(
+                v.as_ref().try_into().map_err(|_| StoreError::Corrupt("cursor"))?,
+            )))),
+        }
+    }
+
+    /// Records that `device` acknowledged up to `seq`. Not flushed: losing it only means a resend.
+    pub fn set_cursor(&self, user: &UserName, device: &DeviceId, seq: Seq) -> Result<(), StoreError> {
+        let key = keys::key(keys::CURSOR, user, device.as_str().as_bytes());
+        self.tree.insert(key, &seq.0.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Applies retention to every user: acknowledged by all devices, over the count, or too old.
+    pub fn prune(&self, now_ms: u64, rules: Retention) -> Result<Pruned, StoreError> {
+        let mut pruned = Pruned::default();
+        let mut users: Vec<UserName> = Vec::new();
+        for k in self.tree.scan_prefix([LAST_SEQ]).keys() {
+            if let Some(u) = keys::user_of(&k?) {
+                users.push(u);
+            }
+        }
+        for user in users {
+            pruned.entries += self.prune_user(&user, now_ms, rules)?;
+        }
+        let cutoff = now_ms.saturating_sub(rules.dedupe_ms);
+        let mut batch = sled::Batch::default();
+        for item in self.tree.scan_prefix([keys::DEDUPE]) {
+            let (k, v) = item?;
+            let ts = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            if ts < cutoff {
+                batch.remove(k);
+                pruned.dedupe += 1;
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        metrics::gauge!("tern_inbox_depth").decrement(pruned.entries as f64);
+        Ok(pruned)
+    }
+
+    fn prune_user(&self, user: &UserName, now_ms: u64, rules: Retention) -> Result<u64, StoreError> {
+        let mut acked_by_all: Option<u64> = None;
+        for v in self.tree.scan_prefix(keys::prefix(keys::CURSOR, user)).values() {
+            let v = v?;
+            let seq = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            acked_by_all = Some(acked_by_all.map_or(seq, |m: u64| m.min(seq)));
+        }
+        let last = self.durable(user)?.0;
+        let keep_from_count = last.saturating_sub(rules.max_entries);
+        let age_cutoff = now_ms.saturating_sub(rules.max_age_ms);
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self.tree.scan_prefix(keys::prefix(keys::INBOX, user)) {
+            let (k, v) = item?;
+            let seq = keys::seq_of(&k).ok_or(StoreError::Corrupt("inbox key"))?.0;
+            let ts = decode_entry(Seq(seq), &v)?.ts_ms;
+            let drop = seq <= acked_by_all.unwrap_or(0) || seq <= keep_from_count || ts < age_cutoff;
+            if !drop {
+                break;
+            }
+            batch.remove(k);
+            n += 1;
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(n)
+    }
+
+    /// Number of retained entries over all users (a full scan: for start-up and tests).
+    pub fn count_all(&self) -> usize {
+        self.tree.scan_prefix([keys::INBOX]).count()
+    }
+}
+
+fn encode_entry(ts_ms: u64, origin: Option<&DeviceId>, down: &v1::Down) -> Vec<u8> {
+    let origin = origin.map(|d| d.as_str().as_bytes()).unwrap_or_default();
+    let mut v = Vec::with_capacity(9 + origin.len() + down.encoded_len());
+    v.extend_from_slice(&ts_ms.to_be_bytes());
+    // Device ids are at most 64 bytes, so the length fits a byte.
+    v.push(origin.len() as u8);
+    v.extend_from_slice(origin);
+    down.encode(&mut v).expect("a Vec grows to fit: encoding cannot run out of room");
+    v
+}
+
+fn decode_entry(seq: Seq, v: &[u8]) -> Result<StoredEntry, StoreError> {
+    let corrupt = || StoreError::Corrupt("inbox entry");
+    let ts_ms = u64::from_be_bytes(v.get(..8).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?);
+    let olen = *v.get(8).ok_or_else(corrupt)? as usize;
+    let origin = v.get(9..9 + olen).ok_or_else(corrupt)?;
+    let origin = (olen > 0).then(|| String::from_utf8_lossy(origin).into_owned());
+    let down = Bytes::copy_from_slice(v.get(9 + olen..).ok_or_else(corrupt)?);
+    Ok(StoredEntry { seq, origin, ts_ms, down })
+}
+
+#[cfg(test)]
+mod tests;

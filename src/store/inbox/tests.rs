@@ -1,0 +1,107 @@
+use super::*;
+
+fn open() -> (tempfile::TempDir, Inbox) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new().path(dir.path()).temporary(true).open().unwrap();
+    (dir, Inbox::new(db.open_tree("data").unwrap()))
+}
+
+fn user(s: &str) -> UserName {
+    UserName::parse(s).unwrap()
+}
+
+fn chat(user_name: &str, id: &str) -> Delivery {
+    Delivery { user: user(user_name), origin: None, down: v1::Down { id: id.into(), ..Default::default() } }
+}
+
+fn all_durable(inbox: &Inbox, a: &Appended) {
+    if let Appended::Stored(s) = a {
+        inbox.mark_durable(s);
+    }
+}
+
+#[test]
+fn sequences_are_per_user_and_dense() {
+    let (_d, inbox) = open();
+    let a = inbox.append(None, 1, vec![chat("bob", "1"), chat("alice", "1c")]).unwrap();
+    assert_eq!(a, Appended::Stored(vec![(user("bob"), Seq(1)), (user("alice"), Seq(1))]));
+    let b = inbox.append(None, 2, vec![chat("bob", "2")]).unwrap();
+    assert_eq!(b, Appended::Stored(vec![(user("bob"), Seq(2))]));
+}
+
+#[test]
+fn nothing_is_readable_before_it_is_durable() {
+    let (_d, inbox) = open();
+    let a = inbox.append(None, 1, vec![chat("bob", "1")]).unwrap();
+    assert!(inbox.read(&user("bob"), Seq(0), 10).unwrap().is_empty());
+    all_durable(&inbox, &a);
+    let got = inbox.read(&user("bob"), Seq(0), 10).unwrap();
+    assert_eq!(got.len(), 1);
+    let down = v1::Down::decode(got[0].down.clone()).unwrap();
+    assert_eq!((down.seq, down.id.as_str()), (1, "1"));
+}
+
+#[test]
+fn resends_with_the_same_id_are_dropped() {
+    let (_d, inbox) = open();
+    let id = MsgId::parse("x").unwrap();
+    let first = inbox.append(Some((&user("alice"), &id)), 1, vec![chat("bob", "x")]).unwrap();
+    assert!(matches!(first, Appended::Stored(_)));
+    let again = inbox.append(Some((&user("alice"), &id)), 2, vec![chat("bob", "x")]).unwrap();
+    assert_eq!(again, Appended::Duplicate);
+    // The same id from another sender is a different message.
+    let other = inbox.append(Some((&user("carol"), &id)), 3, vec![chat("bob", "x")]).unwrap();
+    assert!(matches!(other, Appended::Stored(_)));
+}
+
+#[test]
+fn reads_resume_after_a_cursor_in_order() {
+    let (_d, inbox) = open();
+    for i in 0..10 {
+        let a = inbox.append(None, i, vec![chat("bob", &i.to_string())]).unwrap();
+        all_durable(&inbox, &a);
+    }
+    let dev = DeviceId::parse("phone").unwrap();
+    inbox.set_cursor(&user("bob"), &dev, Seq(4)).unwrap();
+    let after = inbox.cursor(&user("bob"), &dev).unwrap().unwrap();
+    let seqs: Vec<u64> = inbox.read(&user("bob"), after, 100).unwrap().iter().map(|e| e.seq.0).collect();
+    assert_eq!(seqs, (5..=10).collect::<Vec<_>>());
+    assert_eq!(inbox.read(&user("bob"), Seq(4), 2).unwrap().len(), 2);
+}
+
+#[test]
+fn retention_prunes_acked_old_and_excess_but_never_reuses_a_seq() {
+    let (_d, inbox) = open();
+    let rules = Retention { max_entries: 5, max_age_ms: 1000, dedupe_ms: 1000 };
+    for i in 0..8 {
+        let a = inbox.append(None, 10_000 + i, vec![chat("bob", &i.to_string())]).unwrap();
+        all_durable(&inbox, &a);
+    }
+    let dev = DeviceId::parse("phone").unwrap();
+    inbox.set_cursor(&user("bob"), &dev, Seq(2)).unwrap();
+    // Count rule: keep the last 5 (4..=8); ack rule alone would keep 3..=8.
+    let p = inbox.prune(10_010, rules).unwrap();
+    assert_eq!(p.entries, 3);
+    let seqs: Vec<u64> = inbox.read(&user("bob"), Seq(0), 100).unwrap().iter().map(|e| e.seq.0).collect();
+    assert_eq!(seqs, vec![4, 5, 6, 7, 8]);
+    // Age rule: everything is old now.
+    inbox.prune(20_000, rules).unwrap();
+    assert!(inbox.read(&user("bob"), Seq(0), 100).unwrap().is_empty());
+    let a = inbox.append(None, 20_001, vec![chat("bob", "new")]).unwrap();
+    assert_eq!(a, Appended::Stored(vec![(user("bob"), Seq(9))]));
+}
+
+#[test]
+fn marks_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let inbox = Inbox::new(db.open_tree("data").unwrap());
+        inbox.append(None, 1, vec![chat("bob", "1"), chat("bob", "2")]).unwrap();
+        db.flush().unwrap();
+    }
+    let db = sled::Config::new().path(dir.path()).open().unwrap();
+    let inbox = Inbox::new(db.open_tree("data").unwrap());
+    assert_eq!(inbox.durable(&user("bob")).unwrap(), Seq(2));
+    assert_eq!(inbox.read(&user("bob"), Seq(0), 10).unwrap().len(), 2);
+}

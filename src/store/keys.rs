@@ -1,0 +1,50 @@
+//! Key layout of the `data` tree: `<kind byte><user>\0<rest>`.
+//!
+//! User names never contain NUL (see `UserName`), so the prefix of one user can never be the
+//! prefix of another's.
+
+use crate::ids::{Seq, UserName};
+
+/// Inbox entry: `i user \0 seq_be`.
+pub const INBOX: u8 = b'i';
+/// Device cursor: `c user \0 device`.
+pub const CURSOR: u8 = b'c';
+/// Dedupe record: `m user \0 msg_id`.
+pub const DEDUPE: u8 = b'm';
+/// Roster item: `r user \0 contact_jid`.
+pub const ROSTER: u8 = b'r';
+/// Roster version: `v user \0`.
+pub const ROSTER_VER: u8 = b'v';
+
+/// The prefix shared by all keys of `kind` for `user`.
+pub fn prefix(kind: u8, user: &UserName) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user.as_str().len() + 10);
+    k.push(kind);
+    k.extend_from_slice(user.as_str().as_bytes());
+    k.push(0);
+    k
+}
+
+/// A key of `kind` for `user` ending in `rest`.
+pub fn key(kind: u8, user: &UserName, rest: &[u8]) -> Vec<u8> {
+    let mut k = prefix(kind, user);
+    k.extend_from_slice(rest);
+    k
+}
+
+/// The inbox key of `seq`; big-endian so keys sort by sequence.
+pub fn inbox(user: &UserName, seq: Seq) -> Vec<u8> {
+    key(INBOX, user, &seq.0.to_be_bytes())
+}
+
+/// The sequence number at the end of an inbox key.
+pub fn seq_of(key: &[u8]) -> Option<Seq> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(Seq(u64::from_be_bytes(tail)))
+}
+
+/// The user name inside any key of the `data` tree.
+pub fn user_of(key: &[u8]) -> Option<UserName> {
+    let end = key.iter().position(|b| *b == 0)?;
+    UserName::parse(std::str::from_utf8(key.get(1..end)?).ok()?).ok()
+}
