@@ -11,7 +11,6 @@ impl Hub {
     /// A session opened: the device is available (its initial presence), and it learns its
     /// contacts' presence, as a probe would tell it (RFC 6121 §4.2–4.3).
     pub fn device_online(&self, id: &Identity) {
-        metrics::gauge!("tern_devices_online").increment(1.0);
         self.on_presence(id, None, v1::Presence::default());
         for contact in self.contacts(&id.user, |r| r.to) {
             for (device, mut p) in self.presence_of(&contact) {
@@ -23,7 +22,6 @@ impl Hub {
 
     /// A session ended, cleanly or not: the device is unavailable.
     pub fn device_offline(&self, id: &Identity) {
-        metrics::gauge!("tern_devices_online").decrement(1.0);
         let gone = v1::Presence { show: Show::Unavailable as i32, ..Default::default() };
         self.on_presence(id, None, gone);
     }

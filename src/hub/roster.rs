@@ -70,7 +70,8 @@ impl Hub {
         let contact_jid = to.to_string();
         let mut deliveries = Vec::new();
         let mut presence_to_user = false;
-        let mut unavailable_to_user = false;
+        let mut presence_to_contact = false;
+        let mut unavailable_to_contact = false;
         {
             let _guard = self.roster_lock.lock().await;
             let rosters = &self.store.rosters;
@@ -105,14 +106,8 @@ impl Hub {
                 }
             }
             match (kind, t.pass) {
-                // The user approved the contact: the contact now hears the user's presence.
-                (Kind::Subscribed, true) => {
-                    for (device, mut p) in self.presence_of(&user) {
-                        p.peer = format!("{user_jid}/{}", device.as_str());
-                        self.live(&contact, down::Body::Presence(p));
-                    }
-                }
-                (Kind::Unsubscribed, true) => unavailable_to_user = true,
+                (Kind::Subscribed, true) => presence_to_contact = true,
+                (Kind::Unsubscribed, true) => unavailable_to_contact = true,
                 _ => {}
             }
         }
@@ -121,13 +116,16 @@ impl Hub {
         } else {
             self.store.committer.durable().await.map_err(internal)?;
         }
+        // Presence follows the stored subscription stanza it depends on, so a client sees the
+        // approval before the presence it unlocks.
         if presence_to_user {
-            for (device, mut p) in self.presence_of(&contact) {
-                p.peer = format!("{contact_jid}/{}", device.as_str());
-                self.live(&user, down::Body::Presence(p));
-            }
+            self.send_presence(&contact, &user);
         }
-        if unavailable_to_user {
+        if presence_to_contact {
+            // The user approved the contact: the contact now hears the user's presence.
+            self.send_presence(&user, &contact);
+        }
+        if unavailable_to_contact {
             // The contact no longer hears the user: tell the contact the user is gone (§3.2.2).
             for (device, _) in self.presence_of(&user) {
                 let p = v1::Presence {
@@ -139,6 +137,15 @@ impl Hub {
             }
         }
         Ok(())
+    }
+
+    /// Sends the current presence of every online device of `of` to `to`'s devices.
+    fn send_presence(&self, of: &UserName, to: &UserName) {
+        let of_jid = self.bare_jid(of);
+        for (device, mut p) in self.presence_of(of) {
+            p.peer = format!("{of_jid}/{}", device.as_str());
+            self.live(to, down::Body::Presence(p));
+        }
     }
 
     fn subscription_delivery(&self, to: &UserName, peer: &str, kind: Kind) -> Delivery {

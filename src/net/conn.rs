@@ -300,8 +300,9 @@ impl Driver {
     }
 
     fn unbind(&self, b: Bound) {
-        self.shared.hub.device_offline(&b.id);
-        self.shared.registry.release(&b.id, &b.claim);
+        if self.shared.registry.release(&b.id, &b.claim) {
+            self.shared.hub.device_offline(&b.id);
+        }
         let mut tx = b.tx;
         let disconnect = rumqttd::protocol::Disconnect {
             reason_code: rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,

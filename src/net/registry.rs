@@ -50,18 +50,23 @@ impl Registry {
         let conn = self.next_id.fetch_add(1, Ordering::Relaxed);
         let kicked = Arc::new(Notify::new());
         let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, old)) = map.insert(id.clone(), (conn, kicked.clone())) {
-            old.notify_one();
+        match map.insert(id.clone(), (conn, kicked.clone())) {
+            Some((_, old)) => old.notify_one(),
+            None => metrics::gauge!("tern_devices_online").increment(1.0),
         }
         Claim { kicked, conn }
     }
 
-    /// Releases `id` if `claim` still holds it (a newer session may have taken it).
-    pub fn release(&self, id: &Identity, claim: &Claim) {
+    /// Releases `id` if `claim` still holds it; false when a newer session has taken it over,
+    /// in which case the device is still online and nothing should say otherwise.
+    pub fn release(&self, id: &Identity, claim: &Claim) -> bool {
         let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         if map.get(id).is_some_and(|(c, _)| *c == claim.conn) {
             map.remove(id);
+            metrics::gauge!("tern_devices_online").decrement(1.0);
+            return true;
         }
+        false
     }
 
     /// A unique router link id for this claim (rumqttd refuses `+$#/` in client ids).

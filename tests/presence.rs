@@ -1,0 +1,139 @@
+//! End-to-end: subscriptions, presence and rosters between phones (RFC 6121 semantics).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{jid, Phone, Tern};
+use tern_schemas::v1::{self, down, presence::Show, roster_item::Sub, subscription::Kind};
+
+fn sub(id: &str, peer: &str, kind: Kind) -> v1::Up {
+    v1::Up {
+        id: id.into(),
+        body: Some(v1::up::Body::Subscription(v1::Subscription { peer: peer.into(), kind: kind as i32 })),
+    }
+}
+
+fn is_sub(d: &v1::Down, from: &str, kind: Kind) -> bool {
+    matches!(&d.body, Some(down::Body::Subscription(s)) if s.peer == from && s.kind == kind as i32)
+}
+
+fn presence_of<'a>(d: &'a v1::Down, peer: &str) -> Option<&'a v1::Presence> {
+    match &d.body {
+        Some(down::Body::Presence(p)) if p.peer == peer => Some(p),
+        _ => None,
+    }
+}
+
+fn roster_item<'a>(d: &'a v1::Down, contact: &str) -> Option<&'a v1::RosterItem> {
+    match &d.body {
+        Some(down::Body::Roster(r)) => r.items.iter().find(|i| i.jid == contact),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscription_handshake_both_ways_then_presence_flows() {
+    let tern = Tern::start();
+    let mut alice = Phone::connect(tern.tcp, "alice", "phone", "alice-pw").await;
+    let mut bob = Phone::connect(tern.tcp, "bob", "phone", "bob-pw").await;
+    alice.connack().await;
+    bob.connack().await;
+
+    alice.send(sub("s1", &jid("bob"), Kind::Subscribe)).await;
+    let push = alice.next_where(|d| roster_item(d, &jid("bob")).is_some()).await;
+    let item = roster_item(&push, &jid("bob")).unwrap();
+    assert_eq!((item.sub, item.ask), (Sub::None as i32, true));
+    let req = bob.next_where(|d| is_sub(d, &jid("alice"), Kind::Subscribe)).await;
+    assert!(req.seq > 0, "a subscription request is stored");
+
+    bob.send(sub("s2", &jid("alice"), Kind::Subscribed)).await;
+    alice.next_where(|d| is_sub(d, &jid("bob"), Kind::Subscribed)).await;
+    // Alice now hears bob's presence.
+    let p = alice.next_where(|d| presence_of(d, &format!("{}/phone", jid("bob"))).is_some()).await;
+    assert_eq!(presence_of(&p, &format!("{}/phone", jid("bob"))).unwrap().show, Show::Available as i32);
+
+    // And the other way round.
+    bob.send(sub("s3", &jid("alice"), Kind::Subscribe)).await;
+    bob.next_where(|d| roster_item(d, &jid("alice")).is_some_and(|i| i.ask)).await;
+    alice.next_where(|d| is_sub(d, &jid("bob"), Kind::Subscribe)).await;
+    alice.send(sub("s4", &jid("bob"), Kind::Subscribed)).await;
+    bob.next_where(|d| is_sub(d, &jid("alice"), Kind::Subscribed)).await;
+    let push =
+        alice.next_where(|d| roster_item(d, &jid("bob")).is_some_and(|i| i.sub == Sub::Both as i32)).await;
+    let ver = match push.body {
+        Some(down::Body::Roster(r)) => r.ver,
+        _ => unreachable!(),
+    };
+
+    // A status change reaches the contact.
+    let away = v1::Presence { show: Show::Away as i32, status: "lunch".into(), ..Default::default() };
+    bob.send(v1::Up { id: "p1".into(), body: Some(v1::up::Body::Presence(away)) }).await;
+    let p = alice
+        .next_where(|d| {
+            presence_of(d, &format!("{}/phone", jid("bob"))).is_some_and(|p| p.show == Show::Away as i32)
+        })
+        .await;
+    assert_eq!(presence_of(&p, &format!("{}/phone", jid("bob"))).unwrap().status, "lunch");
+
+    // Bob's phone drops: alice sees it go unavailable.
+    bob.drop_network();
+    alice
+        .next_where(|d| {
+            presence_of(d, &format!("{}/phone", jid("bob")))
+                .is_some_and(|p| p.show == Show::Unavailable as i32)
+        })
+        .await;
+
+    // Roster versioning: nothing changed since `ver`, so the delta is empty; from 0 it is full.
+    alice.send(v1::Up { id: "g1".into(), body: Some(v1::up::Body::RosterGet(v1::RosterGet { ver })) }).await;
+    let r = alice.next_where(|d| d.id == "g1").await;
+    let Some(down::Body::Roster(r)) = r.body else { panic!("roster expected") };
+    assert!(!r.full && r.items.is_empty() && r.ver == ver);
+    alice
+        .send(v1::Up { id: "g2".into(), body: Some(v1::up::Body::RosterGet(v1::RosterGet { ver: 0 })) })
+        .await;
+    let r = alice.next_where(|d| d.id == "g2").await;
+    let Some(down::Body::Roster(r)) = r.body else { panic!("roster expected") };
+    assert!(r.full);
+    assert_eq!(r.items.len(), 1);
+    assert_eq!(r.items[0].sub, Sub::Both as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waits_for_an_offline_contact_and_presence_is_answered_on_login() {
+    let tern = Tern::start();
+    let mut alice = Phone::connect(tern.tcp, "alice", "phone", "alice-pw").await;
+    alice.connack().await;
+    alice.send(sub("s1", &jid("carol"), Kind::Subscribe)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Carol was offline; the request is in her inbox when she connects.
+    let mut carol = Phone::connect(tern.tcp, "carol", "phone", "carol-pw").await;
+    carol.connack().await;
+    carol.next_where(|d| is_sub(d, &jid("alice"), Kind::Subscribe)).await;
+    carol.send(sub("s2", &jid("alice"), Kind::Subscribed)).await;
+    alice.next_where(|d| is_sub(d, &jid("carol"), Kind::Subscribed)).await;
+
+    // Alice reconnects: right after CONNACK she learns carol's presence (the probe answer).
+    alice.disconnect().await;
+    let mut alice = Phone::connect(tern.tcp, "alice", "phone", "alice-pw").await;
+    alice.connack().await;
+    alice.next_where(|d| presence_of(d, &format!("{}/phone", jid("carol"))).is_some()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_login_of_the_same_device_takes_over_and_it_stays_online() {
+    let tern = Tern::start();
+    let mut alice = Phone::connect(tern.tcp, "alice", "phone", "alice-pw").await;
+    alice.connack().await;
+    let mut again = Phone::connect(tern.tcp, "alice", "phone", "alice-pw").await;
+    again.connack().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let online = tern
+        .metrics_text()
+        .lines()
+        .find(|l| l.starts_with("tern_devices_online"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(online, Some(1.0));
+}
