@@ -46,6 +46,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: UserCmd,
     },
+    /// Write a self-signed certificate and key for development (the configured TLS paths).
+    DevCert {
+        /// DNS names or IP addresses the certificate is for.
+        #[arg(long = "name", default_values = ["localhost", "127.0.0.1"])]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -97,6 +103,12 @@ fn main() -> anyhow::Result<()> {
             serve(config)
         }
         Cmd::User { cmd } => user(&config, cmd),
+        Cmd::DevCert { names } => {
+            let (cert, key) = config.tls_paths();
+            tern::tls::write_self_signed(&cert, &key, &names)?;
+            println!("wrote {} and {}", cert.display(), key.display());
+            Ok(())
+        }
     }
 }
 
@@ -114,10 +126,19 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let bound = tern::server::start(config).await?;
         // One line on stdout that scripts can wait for.
         println!("tern ready tcp={} tls={} ws={}", show(bound.tcp), show(bound.tls), show(bound.ws));
-        tokio::signal::ctrl_c().await?;
-        tracing::info!("interrupted; exiting");
+        wait_for_stop().await?;
+        // Everything acknowledged is already on disk; there is nothing to drain.
+        tracing::info!("stopping");
         anyhow::Ok(())
     })
+}
+
+async fn wait_for_stop() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
 }
 
 fn show(a: Option<std::net::SocketAddr>) -> String {

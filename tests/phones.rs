@@ -271,3 +271,25 @@ async fn nothing_acknowledged_is_lost_across_kill_9() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_with_the_same_id_is_stored_once() {
+    let tern = Tern::start();
+    let mut alice = Phone::connect(tern.tcp, "alice", "phone", "alice-pw").await;
+    let mut bob = Phone::connect(tern.tcp, "bob", "phone", "bob-pw").await;
+    alice.connack().await;
+    bob.connack().await;
+    for _ in 0..3 {
+        alice.chat("same", &jid("bob"), "once").await;
+    }
+    alice.chat("next", &jid("bob"), "twice?").await;
+    let got: Vec<String> = bob
+        .drain_for(Duration::from_millis(800))
+        .await
+        .iter()
+        .filter(|d| chat_body(d).is_some())
+        .map(|d| d.id.clone())
+        .collect();
+    assert_eq!(got, vec!["same", "next"]);
+    assert!(tern.counter("tern_duplicates_dropped_total") >= 2.0);
+}
