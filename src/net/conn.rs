@@ -37,6 +37,11 @@ pub struct Shared {
     pub max_connections: usize,
 }
 
+/// A peer that takes longer than this to accept our bytes is gone, whatever its keepalive says:
+/// keepalive only watches what the peer sends, and a dead phone's TCP window stays shut for
+/// many minutes before the kernel gives up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
+
 type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// What woke the driver.
@@ -105,7 +110,8 @@ impl Driver {
             self.drain().await;
             if !self.wbuf.is_empty() {
                 let n = self.wbuf.len();
-                if wr.write_all(&self.wbuf).await.is_err() {
+                let written = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&self.wbuf)).await;
+                if !matches!(written, Ok(Ok(()))) {
                     self.session.on_transport_closed();
                     self.closing = true;
                 } else {
