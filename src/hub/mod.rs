@@ -126,7 +126,14 @@ impl Hub {
             ))
         };
         let inbox = &self.store.inbox;
-        let state = inbox.cursor(&id.user, &id.device).and_then(|c| Ok((c, inbox.durable(&id.user)?)));
+        let state = inbox.cursor(&id.user, &id.device).and_then(|c| {
+            if c.is_none() {
+                // Remember the device from its first login, so its next CONNACK says
+                // "session present" even before it has acknowledged anything.
+                inbox.set_cursor(&id.user, &id.device, Seq(0))?;
+            }
+            Ok((c, inbox.durable(&id.user)?))
+        });
         match state {
             Ok((cursor, durable)) => Ok(LoginOk { cursor, durable, token }),
             Err(e) => {

@@ -110,7 +110,12 @@ impl Driver {
             self.drain().await;
             if !self.wbuf.is_empty() {
                 let n = self.wbuf.len();
-                let written = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&self.wbuf)).await;
+                // The flush matters for WebSocket, whose writer only queues a frame.
+                let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+                    wr.write_all(&self.wbuf).await?;
+                    wr.flush().await
+                })
+                .await;
                 if !matches!(written, Ok(Ok(()))) {
                     self.session.on_transport_closed();
                     self.closing = true;
