@@ -1,5 +1,7 @@
 //! The sans-IO XMPP side of tern. Nothing here touches a socket or a clock.
 
 pub mod jid;
+pub mod stream;
 
 pub use jid::{Jid, JidError};
+pub use stream::{Element, Limits, Node, StreamDecoder, StreamError, StreamEvent};

@@ -1,5 +1,7 @@
 //! Presence (RFC 6121 §4): who is online on which device, and who may hear about it.
 
+use bytes::Bytes;
+use prost::Message;
 use tern_bridge::Jid;
 use tern_schemas::v1::{self, down, presence::Show};
 
@@ -8,16 +10,21 @@ use crate::core::session::Identity;
 use crate::ids::{DeviceId, UserName};
 
 impl Hub {
-    /// A session opened: the device is available (its initial presence), and it learns its
-    /// contacts' presence, as a probe would tell it (RFC 6121 §4.2–4.3).
-    pub fn device_online(&self, id: &Identity) {
+    /// A session opened: the device is available (its initial presence). Returns what it
+    /// must learn at once, its contacts' presence as a probe would tell it (RFC 6121 §4.2–4.3);
+    /// the caller hands these straight to the session, which cannot miss them the way it could
+    /// miss a router message sent before its subscription took effect.
+    pub fn device_online(&self, id: &Identity) -> Vec<Bytes> {
         self.on_presence(id, None, v1::Presence::default());
+        let mut out = Vec::new();
         for contact in self.contacts(&id.user, |r| r.to) {
             for (device, mut p) in self.presence_of(&contact) {
                 p.peer = format!("{}/{}", self.bare_jid(&contact), device.as_str());
-                self.live_to_device(id, down::Body::Presence(p));
+                let down = v1::Down { body: Some(down::Body::Presence(p)), ..Default::default() };
+                out.push(Bytes::from(down.encode_to_vec()));
             }
         }
+        out
     }
 
     /// A session ended, cleanly or not: the device is unavailable.
@@ -35,7 +42,7 @@ impl Hub {
             }
             return;
         }
-        {
+        let others: Vec<DeviceId> = {
             let mut table = self.presence.lock().unwrap_or_else(|e| e.into_inner());
             let devices = table.entry(from.user.clone()).or_default();
             if p.show == Show::Unavailable as i32 {
@@ -43,14 +50,14 @@ impl Hub {
             } else {
                 devices.insert(from.device.clone(), p.clone());
             }
+            devices.keys().filter(|d| **d != from.device).cloned().collect()
+        };
+        // The user's other devices, not the one that sent it (it knows its own presence).
+        for device in others {
+            let to = Identity { user: from.user.clone(), device };
+            self.live_to_device(&to, down::Body::Presence(p.clone()));
         }
-        self.broadcast(&from.user, p);
-    }
-
-    /// Sends `p` to the user's own devices and to every contact subscribed to the user.
-    pub(super) fn broadcast(&self, user: &UserName, p: v1::Presence) {
-        self.live(user, down::Body::Presence(p.clone()));
-        for contact in self.contacts(user, |r| r.from) {
+        for contact in self.contacts(&from.user, |r| r.from) {
             self.live(&contact, down::Body::Presence(p.clone()));
         }
     }

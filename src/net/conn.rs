@@ -308,7 +308,9 @@ impl Driver {
         if let Ok(durable) = self.shared.hub.store().inbox.durable(&id.user) {
             self.session.on_wake(durable);
         }
-        self.shared.hub.device_online(&id);
+        for presence in self.shared.hub.device_online(&id) {
+            self.session.on_live(presence);
+        }
         tracing::debug!(user = %id.user, device = %id.device, "session started");
         self.bound = Some(Bound { id, claim, tx, rx });
     }
