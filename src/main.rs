@@ -174,7 +174,7 @@ fn user(config: &Config, cmd: UserCmd) -> anyhow::Result<()> {
         None => {
             // No daemon: work on the store directly (it is ours alone while nothing serves it).
             let db = tern::store::open_db(&config.data_dir)?;
-            let users = tern::store::Users::new(db.open_tree("users")?, db.open_tree("meta")?);
+            let users = tern::store::Users::open(&db)?;
             admin::execute(&users, cmd)
         }
     };

@@ -293,3 +293,21 @@ async fn a_resend_with_the_same_id_is_stored_once() {
     assert_eq!(got, vec!["same", "next"]);
     assert!(tern.counter("tern_duplicates_dropped_total") >= 2.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_cannot_mark_its_message_as_the_recipients_own() {
+    let tern = Tern::start();
+    let mut alice = Phone::connect(tern.tcp, "alice", "phone", "alice-pw").await;
+    let mut bob = Phone::connect(tern.tcp, "bob", "phone", "bob-pw").await;
+    alice.connack().await;
+    bob.connack().await;
+    let mut forged = chat("o1", &jid("bob"), "I am bob");
+    if let Some(v1::up::Body::Chat(c)) = forged.body.as_mut() {
+        c.outgoing = true;
+    }
+    alice.send(forged).await;
+    let got = bob.next_stored().await;
+    let c = chat_body(&got).unwrap();
+    assert!(!c.outgoing);
+    assert_eq!(c.peer, format!("{}/phone", jid("alice")));
+}

@@ -188,7 +188,9 @@ impl Session {
 
     /// False while too many upward envelopes wait to become durable: stop reading the socket.
     pub fn wants_read(&self) -> bool {
-        self.pending_up.len() < self.cfg.max_pending_up && !matches!(self.phase, Phase::Closed)
+        // Nothing is read while a login is checked: an unauthenticated peer gets no buffer.
+        self.pending_up.len() < self.cfg.max_pending_up
+            && !matches!(self.phase, Phase::Closed | Phase::Authenticating)
     }
 
     /// The authenticated identity, once there is one.
@@ -534,7 +536,9 @@ impl Session {
                 pkid: pkid.unwrap_or(0),
                 retain: false,
             });
-            self.inflight.push_back(InflightDown { seq: e.seq, pkid, acked: false });
+            // At QoS 0 (a client that subscribed to `d` at QoS 0) delivery is at most once,
+            // as MQTT defines it: the entry counts as acknowledged once written.
+            self.inflight.push_back(InflightDown { seq: e.seq, pkid, acked: pkid.is_none() });
         }
         self.release_acked();
     }
@@ -557,11 +561,13 @@ impl Session {
     }
 
     fn ack_upto(&mut self, upto: Seq) {
+        // Never past what this device was sent: a cursor beyond it would skip entries forever.
+        let upto = upto.min(self.sent);
         for i in self.inflight.iter_mut().filter(|i| i.seq <= upto) {
             i.acked = true;
         }
         if self.inflight.is_empty() && upto > self.cursor {
-            self.cursor = upto.min(self.sent);
+            self.cursor = upto;
             self.out.push_back(Action::SaveCursor(self.cursor));
         }
         self.release_acked();
@@ -582,7 +588,7 @@ impl Session {
 
     fn start_sync(&mut self, id: String, after: Seq) {
         self.inflight.clear();
-        self.sent = after;
+        self.sent = after.min(self.durable);
         self.fetching = None;
         self.sync_done = Some((id, self.durable));
         self.pump();

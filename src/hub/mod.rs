@@ -36,7 +36,15 @@ pub struct Hub {
     presence: Mutex<HashMap<UserName, HashMap<DeviceId, v1::Presence>>>,
     // Roster changes read, decide and write two users' records; one lock keeps them consistent.
     roster_lock: tokio::sync::Mutex<()>,
+    // Argon2 takes ~19 MiB and tens of ms per check: bound how many run, so a burst of bad
+    // logins can neither eat the memory nor the blocking pool the group commit runs on.
+    login_slots: tokio::sync::Semaphore,
 }
+
+/// Password checks that may run at once; more wait up to [`HASH_WAIT`], then get "server busy".
+const MAX_HASHING: usize = 4;
+/// How long a password login waits for a hashing slot.
+const HASH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -52,7 +60,7 @@ impl Hub {
     /// A hub over `store`, publishing on the router through `router`.
     pub fn new(domain: String, store: Store, router: LinkTx, token_ttl: u64) -> Result<Arc<Hub>, StoreError> {
         let tokens = token::TokenKey::from_secret(&store.users.token_secret()?);
-        Ok(Arc::new(Hub {
+        let hub = Arc::new(Hub {
             domain,
             store,
             router: Mutex::new(router),
@@ -60,7 +68,17 @@ impl Hub {
             token_ttl,
             presence: Mutex::new(HashMap::new()),
             roster_lock: tokio::sync::Mutex::new(()),
-        }))
+            login_slots: tokio::sync::Semaphore::new(MAX_HASHING),
+        });
+        let weak = Arc::downgrade(&hub);
+        hub.store.committer.on_durable(Box::new(move |durable| {
+            if let Some(hub) = weak.upgrade() {
+                for (user, seq) in durable {
+                    hub.wake(user, *seq);
+                }
+            }
+        }));
+        Ok(hub)
     }
 
     /// The store.
@@ -111,6 +129,10 @@ impl Hub {
             metrics::counter!("tern_logins_total", "method" => "token").increment(1);
             None
         } else {
+            let Ok(Ok(_slot)) = tokio::time::timeout(HASH_WAIT, self.login_slots.acquire()).await else {
+                metrics::counter!("tern_auth_failures_total", "reason" => "busy").increment(1);
+                return Err(ConnCode::ServerUnavailable);
+            };
             let phc = record.phc.clone();
             let ok = tokio::task::spawn_blocking(move || password::verify_password(&phc, &secret))
                 .await
@@ -157,6 +179,7 @@ impl Hub {
                 let mut incoming = chat.clone();
                 incoming.peer = self.full_jid(from);
                 incoming.ts = ts;
+                incoming.outgoing = false;
                 let mut copy = chat;
                 copy.peer = to.to_string();
                 copy.ts = ts;
@@ -169,6 +192,7 @@ impl Hub {
                 let peer = self.recipient(&to).map_err(with_id)?;
                 let mut incoming = receipt.clone();
                 incoming.peer = self.full_jid(from);
+                incoming.outgoing = false;
                 let mut copy = receipt;
                 copy.peer = to.to_string();
                 copy.outgoing = true;
@@ -251,31 +275,29 @@ impl Hub {
                 down: v1::Down { id, body: copy, ..Default::default() },
             });
         }
-        self.store_durably(Some((&from.user, msg_id)), deliveries).await.map_err(internal)
+        self.store_durably(Some((&from.user, &from.device, msg_id)), deliveries).await.map_err(internal)
     }
 
     /// Appends, waits for the group commit, then wakes the recipients.
     async fn store_durably(
         &self,
-        dedupe: Option<(&UserName, &crate::ids::MsgId)>,
+        dedupe: Option<(&UserName, &DeviceId, &crate::ids::MsgId)>,
         deliveries: Vec<Delivery>,
     ) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
         let appended = self.store.inbox.append(dedupe, now_ms(), deliveries)?;
+        // The committer moves the durable marks and wakes the sessions (see store/commit.rs);
+        // a duplicate waits too, as its original may still be in flight.
         self.store.committer.durable().await?;
         metrics::histogram!("tern_store_append_seconds").record(started.elapsed().as_secs_f64());
-        if let Appended::Stored(stored) = appended {
-            self.store.inbox.mark_durable(&stored);
-            for (user, seq) in stored {
-                self.wake(&user, seq);
-            }
-        } else {
+        if appended == Appended::Duplicate {
             metrics::counter!("tern_duplicates_dropped_total").increment(1);
         }
         Ok(())
     }
 
-    fn wake(&self, user: &UserName, seq: Seq) {
+    /// Tells every session of `user` that its inbox is durable up to `seq`.
+    pub fn wake(&self, user: &UserName, seq: Seq) {
         self.route(topic::wake_topic(user), Bytes::copy_from_slice(&seq.0.to_be_bytes()));
     }
 

@@ -10,6 +10,9 @@ use crate::ids::UserName;
 use crate::store::inbox::Delivery;
 use crate::store::roster::ContactRecord;
 
+/// Roster pushes waiting for their commit.
+type Pushes = Vec<(UserName, v1::Roster)>;
+
 fn err(code: Code, text: &str) -> EnvelopeError {
     EnvelopeError { id: String::new(), code, text: text.into() }
 }
@@ -23,14 +26,19 @@ impl Hub {
         name: String,
         groups: Vec<String>,
     ) -> Result<(), EnvelopeError> {
-        let _guard = self.roster_lock.lock().await;
-        let key = jid.to_string();
-        let mut rec = self.store.rosters.get(&from.user, &key).map_err(internal)?.unwrap_or_default();
-        rec.listed = true;
-        rec.name = name;
-        rec.groups = groups;
-        self.save_and_push(&from.user, &key, rec, true)?;
-        self.store.committer.durable().await.map_err(internal)
+        let mut pushes = Pushes::new();
+        {
+            let _guard = self.roster_lock.lock().await;
+            let key = jid.to_string();
+            let mut rec = self.store.rosters.get(&from.user, &key).map_err(internal)?.unwrap_or_default();
+            rec.listed = true;
+            rec.name = name;
+            rec.groups = groups;
+            self.save(&mut pushes, &from.user, &key, rec, true)?;
+        }
+        self.store.committer.durable().await.map_err(internal)?;
+        self.push(pushes);
+        Ok(())
     }
 
     /// Removes a roster item, cancelling subscriptions both ways (RFC 6121 §2.5.2).
@@ -46,9 +54,14 @@ impl Hub {
         if rec.from || rec.pending_in {
             self.subscription(from, jid, Kind::Unsubscribed).await?;
         }
-        let _guard = self.roster_lock.lock().await;
-        self.save_and_push(&from.user, &jid.to_string(), ContactRecord::default(), true)?;
-        self.store.committer.durable().await.map_err(internal)
+        let mut pushes = Pushes::new();
+        {
+            let _guard = self.roster_lock.lock().await;
+            self.save(&mut pushes, &from.user, &jid.to_string(), ContactRecord::default(), true)?;
+        }
+        self.store.committer.durable().await.map_err(internal)?;
+        self.push(pushes);
+        Ok(())
     }
 
     /// The user sends a subscription stanza to a bare JID (RFC 6121 §3).
@@ -69,8 +82,10 @@ impl Hub {
         let user_jid = self.bare_jid(&user);
         let contact_jid = to.to_string();
         let mut deliveries = Vec::new();
+        let mut pushes = Pushes::new();
         let mut presence_to_user = false;
         let mut presence_to_contact = false;
+        let mut unavailable_to_user = false;
         let mut unavailable_to_contact = false;
         {
             let _guard = self.roster_lock.lock().await;
@@ -82,14 +97,14 @@ impl Hub {
             let visible = t.state != mine.state() || listed_now != mine.listed;
             mine.set_state(t.state);
             mine.listed = listed_now;
-            self.save_and_push(&user, &contact_jid, mine, visible)?;
+            self.save(&mut pushes, &user, &contact_jid, mine, visible)?;
             if t.pass {
                 // The contact's side.
                 let mut theirs = rosters.get(&contact, &user_jid).map_err(internal)?.unwrap_or_default();
                 let ti = theirs.state().inbound(kind);
                 let visible = theirs.listed && ti.state != theirs.state();
                 theirs.set_state(ti.state);
-                self.save_and_push(&contact, &user_jid, theirs, visible)?;
+                self.save(&mut pushes, &contact, &user_jid, theirs, visible)?;
                 if ti.pass {
                     deliveries.push(self.subscription_delivery(&contact, &user_jid, kind));
                 }
@@ -99,7 +114,7 @@ impl Hub {
                     let back = mine.state().inbound(Kind::Subscribed);
                     if back.pass {
                         mine.set_state(back.state);
-                        self.save_and_push(&user, &contact_jid, mine, true)?;
+                        self.save(&mut pushes, &user, &contact_jid, mine, true)?;
                         deliveries.push(self.subscription_delivery(&user, &contact_jid, Kind::Subscribed));
                         presence_to_user = true;
                     }
@@ -108,14 +123,22 @@ impl Hub {
             match (kind, t.pass) {
                 (Kind::Subscribed, true) => presence_to_contact = true,
                 (Kind::Unsubscribed, true) => unavailable_to_contact = true,
+                (Kind::Unsubscribe, true) => unavailable_to_user = true,
                 _ => {}
             }
+        }
+        // RFC 6121 §3.3.3: the user stops hearing the contact, so the contact goes unavailable.
+        // Sent before the commit, so it comes before the stored stanza (§3.2.2 asks the same of
+        // the contact's side).
+        if unavailable_to_user {
+            self.send_unavailable(&contact, &user);
         }
         if !deliveries.is_empty() {
             self.store_durably(None, deliveries).await.map_err(internal)?;
         } else {
             self.store.committer.durable().await.map_err(internal)?;
         }
+        self.push(pushes);
         // Presence follows the stored subscription stanza it depends on, so a client sees the
         // approval before the presence it unlocks.
         if presence_to_user {
@@ -127,14 +150,7 @@ impl Hub {
         }
         if unavailable_to_contact {
             // The contact no longer hears the user: tell the contact the user is gone (§3.2.2).
-            for (device, _) in self.presence_of(&user) {
-                let p = v1::Presence {
-                    peer: format!("{user_jid}/{}", device.as_str()),
-                    show: Show::Unavailable as i32,
-                    ..Default::default()
-                };
-                self.live(&contact, down::Body::Presence(p));
-            }
+            self.send_unavailable(&user, &contact);
         }
         Ok(())
     }
@@ -144,6 +160,19 @@ impl Hub {
         let of_jid = self.bare_jid(of);
         for (device, mut p) in self.presence_of(of) {
             p.peer = format!("{of_jid}/{}", device.as_str());
+            self.live(to, down::Body::Presence(p));
+        }
+    }
+
+    /// Tells `to`'s devices that every online device of `of` is unavailable to them.
+    fn send_unavailable(&self, of: &UserName, to: &UserName) {
+        let of_jid = self.bare_jid(of);
+        for (device, _) in self.presence_of(of) {
+            let p = v1::Presence {
+                peer: format!("{of_jid}/{}", device.as_str()),
+                show: Show::Unavailable as i32,
+                ..Default::default()
+            };
             self.live(to, down::Body::Presence(p));
         }
     }
@@ -162,20 +191,27 @@ impl Hub {
         }
     }
 
-    /// Writes a contact record and, when it changed visibly, pushes it to the user's devices.
-    fn save_and_push(
+    /// Writes a contact record; when it changed visibly, queues a roster push for the user's
+    /// devices, to be sent once the change is durable (a version must never be seen and lost).
+    fn save(
         &self,
+        pushes: &mut Pushes,
         user: &UserName,
         jid: &str,
         rec: ContactRecord,
         visible: bool,
     ) -> Result<(), EnvelopeError> {
         let item = rec.to_item(jid);
-        let listed_or_tombstone = rec.listed || visible;
-        let ver = self.store.rosters.put(user, jid, rec, visible && listed_or_tombstone).map_err(internal)?;
-        if let Some(ver) = ver {
-            self.live(user, down::Body::Roster(v1::Roster { ver, items: vec![item], full: false }));
+        if let Some(ver) = self.store.rosters.put(user, jid, rec, visible).map_err(internal)? {
+            pushes.push((user.clone(), v1::Roster { ver, items: vec![item], full: false }));
         }
         Ok(())
+    }
+
+    /// Sends queued roster pushes (after the commit that made them durable).
+    fn push(&self, pushes: Pushes) {
+        for (user, roster) in pushes {
+            self.live(&user, down::Body::Roster(roster));
+        }
     }
 }

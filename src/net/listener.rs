@@ -49,6 +49,13 @@ pub async fn bind(
                 }
             };
             let _ = socket.set_nodelay(true);
+            // A phone that vanishes without a FIN (and with keepalive 0, or a write pending)
+            // would otherwise hold its session, and look online, for as long as the kernel likes.
+            let probes = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(120))
+                .with_interval(Duration::from_secs(30))
+                .with_retries(4);
+            let _ = socket2::SockRef::from(&socket).set_tcp_keepalive(&probes);
             tokio::spawn(serve(socket, transport.clone(), name, shared.clone()));
         }
     };

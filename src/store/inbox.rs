@@ -15,9 +15,7 @@ use tern_schemas::v1;
 use super::{keys, StoreError};
 use crate::ids::{DeviceId, MsgId, Seq, UserName};
 
-/// Last sequence number handed out: `s user \0`. Kept apart from the entries so that pruning
-/// every entry never lets a number be handed out twice.
-const LAST_SEQ: u8 = b's';
+use keys::LAST_SEQ;
 
 /// One envelope to store for one user.
 #[derive(Debug, Clone)]
@@ -81,6 +79,8 @@ struct Marks {
 /// The inbox over the `data` tree.
 pub struct Inbox {
     tree: sled::Tree,
+    /// Highest entry per user appended since the last flush began.
+    pending: Mutex<HashMap<UserName, Seq>>,
     // One lock for all appends: the critical section is a few microseconds of in-memory work
     // plus one sled batch, and a single lock keeps seq order equal to write order across users.
     marks: Mutex<HashMap<UserName, Marks>>,
@@ -89,7 +89,7 @@ pub struct Inbox {
 impl Inbox {
     /// Wraps the `data` tree.
     pub fn new(tree: sled::Tree) -> Inbox {
-        Inbox { tree, marks: Mutex::new(HashMap::new()) }
+        Inbox { tree, pending: Mutex::new(HashMap::new()), marks: Mutex::new(HashMap::new()) }
     }
 
     fn load_marks(&self, user: &UserName) -> Result<Marks, StoreError> {
@@ -109,17 +109,20 @@ impl Inbox {
         self.marks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Stores `deliveries` atomically, with a dedupe record for `dedupe` if given.
+    /// Stores `deliveries` atomically, with a dedupe record for `dedupe` (sender, sending
+    /// device, message id) if given. The device is part of the key because two devices of one
+    /// user pick their ids independently.
     pub fn append(
         &self,
-        dedupe: Option<(&UserName, &MsgId)>,
+        dedupe: Option<(&UserName, &DeviceId, &MsgId)>,
         now_ms: u64,
         deliveries: Vec<Delivery>,
     ) -> Result<Appended, StoreError> {
         let mut marks = self.lock();
         let mut batch = sled::Batch::default();
-        if let Some((sender, id)) = dedupe {
-            let key = keys::key(keys::DEDUPE, sender, id.as_str().as_bytes());
+        if let Some((sender, device, id)) = dedupe {
+            let rest = [device.as_str().as_bytes(), b"\0", id.as_str().as_bytes()].concat();
+            let key = keys::key(keys::DEDUPE, sender, &rest);
             if self.tree.contains_key(&key)? {
                 return Ok(Appended::Duplicate);
             }
@@ -146,11 +149,36 @@ impl Inbox {
             }
         }
         self.tree.apply_batch(batch)?;
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            for (user, m) in &bumped {
+                pending.insert(user.clone(), Seq(m.last));
+            }
+        }
         for (user, m) in bumped {
             marks.insert(user, m);
         }
         metrics::gauge!("tern_inbox_depth").increment(stored.len() as f64);
         Ok(Appended::Stored(stored))
+    }
+
+    /// True when entries wait for a flush.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    /// Takes the entries appended so far; the caller flushes, then marks them durable.
+    pub fn take_pending(&self) -> Vec<(UserName, Seq)> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).drain().collect()
+    }
+
+    /// Puts back entries whose flush failed.
+    pub fn restore_pending(&self, stored: Vec<(UserName, Seq)>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for (user, seq) in stored {
+            let slot = pending.entry(user).or_insert(seq);
+            *slot = (*slot).max(seq);
+        }
     }
 
     /// Moves the durable marks after a commit that covered `stored`.

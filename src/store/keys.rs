@@ -15,6 +15,9 @@ pub const DEDUPE: u8 = b'm';
 pub const ROSTER: u8 = b'r';
 /// Roster version: `v user \0`.
 pub const ROSTER_VER: u8 = b'v';
+/// Last inbox sequence number handed out: `s user \0`. Kept apart from the entries so that
+/// pruning every entry never lets a number be handed out twice.
+pub const LAST_SEQ: u8 = b's';
 
 /// The prefix shared by all keys of `kind` for `user`.
 pub fn prefix(kind: u8, user: &UserName) -> Vec<u8> {

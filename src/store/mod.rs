@@ -51,11 +51,12 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let db = open_db(dir)?;
         let data = db.open_tree("data")?;
+        let inbox = Arc::new(Inbox::new(data.clone()));
         Ok(Store {
-            users: Users::new(db.open_tree("users")?, db.open_tree("meta")?),
-            inbox: Arc::new(Inbox::new(data.clone())),
+            users: Users::open(&db)?,
+            committer: Committer::spawn(db.clone(), inbox.clone()),
+            inbox,
             rosters: Rosters::new(data),
-            committer: Committer::spawn(db.clone()),
             db,
         })
     }

@@ -2,7 +2,7 @@
 
 use prost::Message;
 
-use super::StoreError;
+use super::{keys, StoreError};
 use crate::ids::UserName;
 
 /// What is stored for one user.
@@ -16,17 +16,18 @@ pub struct UserRecord {
     pub generation: u64,
 }
 
-/// The users tree, plus the meta tree that holds the token secret.
+/// The users tree, the meta tree that holds the token secret, and the data tree (to purge).
 #[derive(Clone)]
 pub struct Users {
     tree: sled::Tree,
     meta: sled::Tree,
+    data: sled::Tree,
 }
 
 impl Users {
-    /// Wraps the `users` and `meta` trees.
-    pub fn new(tree: sled::Tree, meta: sled::Tree) -> Users {
-        Users { tree, meta }
+    /// Opens the trees of `db` that user administration needs.
+    pub fn open(db: &sled::Db) -> Result<Users, StoreError> {
+        Ok(Users { tree: db.open_tree("users")?, meta: db.open_tree("meta")?, data: db.open_tree("data")? })
     }
 
     /// The stored record of `user`, if any.
@@ -44,7 +45,11 @@ impl Users {
 
     /// Creates `user` with the given hash; false if it already exists.
     pub fn add(&self, user: &UserName, phc: String) -> Result<bool, StoreError> {
-        let record = UserRecord { phc, generation: 1 }.encode_to_vec();
+        // A random first generation: tokens of an earlier, deleted account of the same name
+        // must not log into this one.
+        let seed = crate::auth::token::TokenKey::generate_secret();
+        let generation = u64::from_be_bytes(seed[..8].try_into().expect("a 32-byte secret has 8 bytes"));
+        let record = UserRecord { phc, generation }.encode_to_vec();
         let swapped = self.tree.compare_and_swap(user.as_str(), None as Option<&[u8]>, Some(record))?;
         self.tree.flush()?;
         Ok(swapped.is_ok())
@@ -59,9 +64,18 @@ impl Users {
         Ok(true)
     }
 
-    /// Deletes `user`; false if missing.
+    /// Deletes `user` and everything stored for it (inbox, cursors, dedupe, roster); false if
+    /// missing. A later account of the same name starts empty.
     pub fn remove(&self, user: &UserName) -> Result<bool, StoreError> {
         let removed = self.tree.remove(user.as_str())?.is_some();
+        let mut batch = sled::Batch::default();
+        for kind in [keys::INBOX, keys::CURSOR, keys::DEDUPE, keys::ROSTER, keys::ROSTER_VER, keys::LAST_SEQ]
+        {
+            for k in self.data.scan_prefix(keys::prefix(kind, user)).keys() {
+                batch.remove(k?);
+            }
+        }
+        self.data.apply_batch(batch)?;
         self.tree.flush()?;
         Ok(removed)
     }

@@ -381,3 +381,46 @@ fn simulated_resume_delivers_exactly_what_was_missed() {
     }
     assert_eq!(received, (1..=total).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_sync_or_ack_beyond_the_inbox_cannot_move_the_cursor_past_it() {
+    let now = Instant::now();
+    let (mut s, _) = open(now, Some(0), 5);
+    drain(&mut s);
+    let sync = v1::Up { id: "s".into(), body: Some(v1::up::Body::Sync(v1::Sync { after: 1000 })) };
+    s.on_packet(now, publish("u", Bytes::from(sync.encode_to_vec()), 0, 0));
+    let ack = v1::Up { id: "a".into(), body: Some(v1::up::Body::Ack(v1::Ack { upto: 1000 })) };
+    s.on_packet(now, publish("u", Bytes::from(ack.encode_to_vec()), 0, 0));
+    for a in drain(&mut s) {
+        if let Action::SaveCursor(c) = a {
+            assert!(c <= Seq(5), "cursor {c:?} beyond the durable mark");
+        }
+    }
+}
+
+#[test]
+fn a_qos0_subscriber_to_d_is_served_at_most_once_and_never_stalls() {
+    let now = Instant::now();
+    let (mut s, _) = open(now, Some(0), 0);
+    s.on_packet(now, Inbound::Subscribe { pkid: 1, filters: vec![("d".into(), 0)] });
+    drain(&mut s);
+    let mut delivered = 0;
+    for seq in 1..=10u64 {
+        s.on_wake(Seq(seq));
+        for a in drain(&mut s) {
+            if let Action::Fetch { after, .. } = a {
+                s.on_entries((after.0 + 1..=seq).map(|n| entry(n, None)).collect());
+                delivered += downward(&drain(&mut s)).len();
+            }
+        }
+    }
+    assert_eq!(delivered, 10, "a QoS 0 client that never acks still gets everything");
+}
+
+#[test]
+fn nothing_is_read_while_a_login_is_checked() {
+    let now = Instant::now();
+    let mut s = Session::new(cfg(), now);
+    s.on_packet(now, connect("phone", "alice", 60));
+    assert!(!s.wants_read());
+}

@@ -45,13 +45,16 @@ fn nothing_is_readable_before_it_is_durable() {
 fn resends_with_the_same_id_are_dropped() {
     let (_d, inbox) = open();
     let id = MsgId::parse("x").unwrap();
-    let first = inbox.append(Some((&user("alice"), &id)), 1, vec![chat("bob", "x")]).unwrap();
+    let (phone, tablet) = (DeviceId::parse("phone").unwrap(), DeviceId::parse("tablet").unwrap());
+    let first = inbox.append(Some((&user("alice"), &phone, &id)), 1, vec![chat("bob", "x")]).unwrap();
     assert!(matches!(first, Appended::Stored(_)));
-    let again = inbox.append(Some((&user("alice"), &id)), 2, vec![chat("bob", "x")]).unwrap();
+    let again = inbox.append(Some((&user("alice"), &phone, &id)), 2, vec![chat("bob", "x")]).unwrap();
     assert_eq!(again, Appended::Duplicate);
-    // The same id from another sender is a different message.
-    let other = inbox.append(Some((&user("carol"), &id)), 3, vec![chat("bob", "x")]).unwrap();
+    // The same id from another sender, or another device of the same sender, is another message.
+    let other = inbox.append(Some((&user("carol"), &phone, &id)), 3, vec![chat("bob", "x")]).unwrap();
     assert!(matches!(other, Appended::Stored(_)));
+    let tablet_msg = inbox.append(Some((&user("alice"), &tablet, &id)), 4, vec![chat("bob", "x")]).unwrap();
+    assert!(matches!(tablet_msg, Appended::Stored(_)));
 }
 
 #[test]
