@@ -138,11 +138,14 @@ pub struct Session {
     fetching: Option<Seq>,
     sync_done: Option<(String, Seq)>,
     next_pkid: u16,
+    plain_filters: usize,
     out: VecDeque<Action>,
 }
 
 /// Packets accepted while a login is being checked; a client that floods before CONNACK is cut off.
 const MAX_BUFFERED: usize = 32;
+/// Plain-topic SUBSCRIBEs one session may make.
+pub const MAX_PLAIN_FILTERS: usize = 64;
 
 impl Session {
     /// A session for a connection accepted at `now`.
@@ -168,6 +171,7 @@ impl Session {
             fetching: None,
             sync_done: None,
             next_pkid: 1,
+            plain_filters: 0,
             out: VecDeque::new(),
         }
     }
@@ -275,6 +279,10 @@ impl Session {
             }
         }
         self.keep_alive = (req.keep_alive > 0).then(|| Duration::from_secs(req.keep_alive.into()));
+        if let Some(max) = req.receive_max.filter(|m| *m > 0) {
+            // MQTT 5 §3.1.2.11.3: never more unacknowledged QoS 1 PUBLISHes than the client takes.
+            self.cfg.max_inflight = self.cfg.max_inflight.min(max.into());
+        }
         self.connect = Some(req);
         self.phase = Phase::Authenticating;
         let id = Identity { user, device };
@@ -452,7 +460,13 @@ impl Session {
                     self.down_qos = qos.min(1);
                     granted.push(Some(self.down_qos));
                 }
+                Ok(SubscribeTarget::Plain(_)) if self.plain_filters >= MAX_PLAIN_FILTERS => {
+                    // Every filter costs the router memory for as long as it runs.
+                    metrics::counter!("tern_subscriptions_refused_total", "reason" => "quota").increment(1);
+                    granted.push(None);
+                }
                 Ok(SubscribeTarget::Plain(filter)) => {
+                    self.plain_filters += 1;
                     self.out.push_back(Action::RouterSubscribe(filter.in_namespace(&user)));
                     // The router forwards plain topics at most once.
                     granted.push(Some(0));

@@ -142,6 +142,7 @@ fn decode_v4(buf: &mut BytesMut, max: usize) -> Result<Option<Inbound>, CodecErr
                 qos: w.qos as u8,
                 retain: w.retain,
             }),
+            receive_max: None,
         }),
         v4::Packet::Publish(p) => Inbound::Publish(PublishIn {
             topic: p.topic,
@@ -181,6 +182,7 @@ fn decode_v5(buf: &mut BytesMut, max: usize) -> Result<Option<Inbound>, CodecErr
             client_id: c.client_id,
             clean: c.clean_start,
             keep_alive: c.keep_alive,
+            receive_max: c.properties.as_ref().and_then(|p| p.receive_maximum),
             login: login.map(|l| (l.username, l.password)),
             will: match will {
                 None => None,

@@ -42,6 +42,8 @@ pub struct ConnectReq {
     pub login: Option<(String, String)>,
     /// Last Will.
     pub will: Option<Will>,
+    /// MQTT 5 Receive Maximum: QoS 1 PUBLISHes the client takes unacknowledged.
+    pub receive_max: Option<u16>,
 }
 
 /// A PUBLISH from the client.

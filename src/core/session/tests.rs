@@ -25,6 +25,7 @@ fn connect(client_id: &str, user: &str, keep_alive: u16) -> Inbound {
             qos: 0,
             retain: false,
         }),
+        receive_max: None,
     })
 }
 
