@@ -1,0 +1,1 @@
+//! Mapping between the phone protocol (`tern.v1` envelopes) and XMPP stanzas.
