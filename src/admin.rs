@@ -92,8 +92,11 @@ pub fn execute(users: &Users, cmd: AdminCmd) -> Result<String, String> {
     }
 }
 
+/// What to run when an account's sessions must end (deleted, or password changed).
+pub type Revoke = std::sync::Arc<dyn Fn(&UserName) + Send + Sync>;
+
 /// Serves admin requests on the Unix socket until the process ends.
-pub async fn serve(path: PathBuf, users: Users) -> std::io::Result<()> {
+pub async fn serve(path: PathBuf, users: Users, revoke: Revoke) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
     #[cfg(unix)]
@@ -104,6 +107,7 @@ pub async fn serve(path: PathBuf, users: Users) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let users = users.clone();
+        let revoke = revoke.clone();
         tokio::spawn(async move {
             let (rd, mut wr) = stream.into_split();
             let mut line = String::new();
@@ -111,9 +115,20 @@ pub async fn serve(path: PathBuf, users: Users) -> std::io::Result<()> {
                 return;
             }
             let reply = match AdminCmd::from_line(line.trim_end()) {
-                Ok(cmd) => tokio::task::spawn_blocking(move || execute(&users, cmd))
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string())),
+                Ok(cmd) => {
+                    let revokes = match &cmd {
+                        AdminCmd::Del { user } | AdminCmd::Passwd { user, .. } => UserName::parse(user).ok(),
+                        _ => None,
+                    };
+                    let reply = tokio::task::spawn_blocking(move || execute(&users, cmd))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()));
+                    if let (Ok(_), Some(user)) = (&reply, revokes) {
+                        // Open sessions were authorised by what just changed: end them.
+                        revoke(&user);
+                    }
+                    reply
+                }
                 Err(e) => Err(e),
             };
             let text = match reply {

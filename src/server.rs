@@ -76,8 +76,13 @@ pub async fn start(config: Config) -> anyhow::Result<Bound> {
 
     let admin_path = crate::admin::socket_path(&config.data_dir);
     let users = store.users.clone();
+    let registry = shared.registry.clone();
+    let revoke: crate::admin::Revoke = Arc::new(move |user| {
+        let n = registry.kick_user(user);
+        tracing::info!(user = %user, sessions = n, "account changed; its sessions were closed");
+    });
     tokio::spawn(async move {
-        if let Err(e) = crate::admin::serve(admin_path, users).await {
+        if let Err(e) = crate::admin::serve(admin_path, users, revoke).await {
             tracing::error!(error = %e, "admin socket failed");
         }
     });

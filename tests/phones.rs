@@ -311,3 +311,34 @@ async fn a_sender_cannot_mark_its_message_as_the_recipients_own() {
     assert!(!c.outgoing);
     assert_eq!(c.peer, format!("{}/phone", jid("alice")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_closes_open_sessions_and_kills_old_tokens() {
+    let tern = Tern::start();
+    let mut alice = Phone::connect(tern.tcp, "alice", "phone", "alice-pw").await;
+    alice.connack().await;
+    let t = alice.next_where(|d| matches!(d.body, Some(down::Body::Token(_)))).await;
+    let Some(down::Body::Token(token)) = t.body else { unreachable!() };
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .arg("--data-dir")
+        .arg(&tern.dir)
+        .args(["user", "passwd", "alice", "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"new-pw").unwrap();
+    assert!(child.wait().unwrap().success());
+
+    // The open session ends: its event loop stops and the channel closes.
+    let closed =
+        tokio::time::timeout(Duration::from_secs(10), async { while alice.down.recv().await.is_some() {} })
+            .await;
+    assert!(closed.is_ok(), "the session stayed open after the password change");
+    let mut old = Phone::connect(tern.tcp, "alice", "phone", &token.token).await;
+    assert_eq!(old.connack().await, ConnectReturnCode::NotAuthorized);
+    let mut new = Phone::connect(tern.tcp, "alice", "phone", "new-pw").await;
+    assert_eq!(new.connack().await, ConnectReturnCode::Success);
+}

@@ -69,6 +69,19 @@ impl Registry {
         false
     }
 
+    /// Closes every session of `user` (its account was deleted or its password changed).
+    pub fn kick_user(&self, user: &crate::ids::UserName) -> usize {
+        let map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for (id, (_, kicked)) in map.iter() {
+            if &id.user == user {
+                kicked.notify_one();
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// A unique router link id for this claim (rumqttd refuses `+$#/` in client ids).
     pub fn link_id(id: &Identity, claim: &Claim) -> String {
         format!("{}:{}:{}", id.user.as_str(), id.device.as_str(), claim.conn)
