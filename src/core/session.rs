@@ -490,7 +490,7 @@ impl Session {
     /// An ephemeral downward envelope (presence, chat state, roster push) for this session.
     pub fn on_live(&mut self, payload: Bytes) {
         if matches!(self.phase, Phase::Open) {
-            metrics::counter!("tern_envelopes_out_total", "kind" => "live").increment(1);
+            metrics::counter!("tern_envelopes_delivered_total", "path" => "live").increment(1);
             self.send(Outbound::Publish { topic: "d".into(), payload, qos: 0, pkid: 0, retain: false });
         }
     }
@@ -542,7 +542,7 @@ impl Session {
                 continue;
             }
             let pkid = (self.down_qos == 1).then(|| self.alloc_pkid());
-            metrics::counter!("tern_envelopes_out_total", "kind" => "inbox").increment(1);
+            metrics::counter!("tern_envelopes_delivered_total", "path" => "inbox").increment(1);
             self.send(Outbound::Publish {
                 topic: "d".into(),
                 payload: e.down,

@@ -46,6 +46,23 @@ const MAX_HASHING: usize = 4;
 /// How long a password login waits for a hashing slot.
 const HASH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Counts a downward envelope by kind.
+fn count_out(body: &down::Body) {
+    let kind = match body {
+        down::Body::Chat(_) => "chat",
+        down::Body::Receipt(_) => "receipt",
+        down::Body::ChatState(_) => "chat_state",
+        down::Body::Presence(_) => "presence",
+        down::Body::Subscription(_) => "subscription",
+        down::Body::Roster(_) => "roster",
+        down::Body::Accepted(_) => "accepted",
+        down::Body::Error(_) => "error",
+        down::Body::SyncDone(_) => "sync_done",
+        down::Body::Token(_) => "token",
+    };
+    metrics::counter!("tern_envelopes_out_total", "kind" => kind).increment(1);
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -285,6 +302,11 @@ impl Hub {
         deliveries: Vec<Delivery>,
     ) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
+        for d in &deliveries {
+            if let Some(body) = &d.down.body {
+                count_out(body);
+            }
+        }
         let appended = self.store.inbox.append(dedupe, now_ms(), deliveries)?;
         // The committer moves the durable marks and wakes the sessions (see store/commit.rs);
         // a duplicate waits too, as its original may still be in flight.
@@ -303,12 +325,14 @@ impl Hub {
 
     /// Sends an ephemeral envelope to every online device of `user`.
     fn live(&self, user: &UserName, body: down::Body) {
+        count_out(&body);
         let down = v1::Down { body: Some(body), ..Default::default() };
         self.route(topic::live_topic(user), Bytes::from(down.encode_to_vec()));
     }
 
     /// Sends an ephemeral envelope to one device.
     fn live_to_device(&self, id: &Identity, body: down::Body) {
+        count_out(&body);
         let down = v1::Down { body: Some(body), ..Default::default() };
         self.route(topic::device_live_topic(&id.user, &id.device), Bytes::from(down.encode_to_vec()));
     }
