@@ -83,6 +83,7 @@ where
         login: None,
         applies: FuturesUnordered::new(),
         closing: false,
+        cursor: CursorWrites::default(),
     };
     driver.run(stream).await;
     if let Some(b) = driver.bound.take() {
@@ -101,6 +102,18 @@ struct Driver {
     login: Option<Pending<Result<LoginOk, ConnCode>>>,
     applies: FuturesUnordered<Pending<(u64, Result<Applied, EnvelopeError>)>>,
     closing: bool,
+    cursor: CursorWrites,
+}
+
+/// A device's cursor is written every [`CURSOR_EVERY`] entries and when its session ends, not
+/// on every PUBACK: after a crash the device is sent at most that many entries again, which it
+/// drops by `seq`, and a store write per acknowledgement is saved.
+const CURSOR_EVERY: u64 = 32;
+
+#[derive(Default)]
+struct CursorWrites {
+    saved: Seq,
+    unsaved: Option<Seq>,
 }
 
 impl Driver {
@@ -248,10 +261,9 @@ impl Driver {
                     }
                 }
                 Action::SaveCursor(seq) => {
-                    if let Some(id) = self.session.identity() {
-                        if let Err(e) = self.shared.hub.store().inbox.set_cursor(&id.user, &id.device, seq) {
-                            tracing::error!(error = %e, "saving a cursor failed");
-                        }
+                    self.cursor.unsaved = Some(seq);
+                    if seq.0 >= self.cursor.saved.0 + CURSOR_EVERY {
+                        self.save_cursor();
                     }
                 }
                 Action::RouterSubscribe(f) => self.with_link(|tx| tx.subscribe(f).map(|_| ())),
@@ -315,7 +327,16 @@ impl Driver {
         self.bound = Some(Bound { id, claim, tx, rx });
     }
 
-    fn unbind(&self, b: Bound) {
+    fn save_cursor(&mut self) {
+        let (Some(seq), Some(id)) = (self.cursor.unsaved.take(), self.session.identity()) else { return };
+        match self.shared.hub.store().inbox.set_cursor(&id.user, &id.device, seq) {
+            Ok(()) => self.cursor.saved = seq,
+            Err(e) => tracing::error!(error = %e, "saving a cursor failed"),
+        }
+    }
+
+    fn unbind(&mut self, b: Bound) {
+        self.save_cursor();
         if self.shared.registry.release(&b.id, &b.claim) {
             self.shared.hub.device_offline(&b.id);
         }
