@@ -1,0 +1,336 @@
+//! The initiating side of a server-to-server stream (RFC 6120 §4–5, XEP-0220 §2.1): header,
+//! STARTTLS, dialback, then our stanzas to the peer.
+
+use std::time::Instant;
+
+use super::conn::{check_header, peer_error, Conn};
+use super::dialback::{result_request, verify_request};
+use super::{Config, Failure, Output, TlsPolicy};
+use crate::stream::{
+    stream_header, Element, StreamError, StreamEvent, NS_DIALBACK, NS_SERVER, NS_STREAMS, NS_TLS,
+};
+
+/// Where the negotiation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Our header is out; waiting for the peer's.
+    AwaitHeader,
+    /// Waiting for `<stream:features/>`.
+    AwaitFeatures,
+    /// `<starttls/>` sent; waiting for `<proceed/>`.
+    AwaitProceed,
+    /// The driver is doing the TLS handshake.
+    AwaitTls,
+    /// `<db:result/>` sent; waiting for the verdict.
+    AwaitResult,
+    /// Authenticated: stanzas flow.
+    Ready,
+    /// Closed; inert.
+    Done,
+}
+
+/// A `<db:verify/>` we send for the daemon, acting as a receiving server (XEP-0220 §2.1.2).
+#[derive(Debug, Clone)]
+struct Verify {
+    from: String,
+    to: String,
+    id: String,
+    key: String,
+}
+
+/// An outbound s2s stream from `local` to `peer`.
+pub struct Outbound {
+    conn: Conn,
+    local: String,
+    peer: String,
+    state: State,
+    /// The peer's stream id for the current (post-restart) stream; dialback keys cover it.
+    stream_id: String,
+    /// Stanzas waiting for authentication, in order.
+    queue: Vec<Element>,
+    /// Verify requests not yet sendable (before features) and ones awaiting an answer.
+    verify_pending: Vec<Verify>,
+    verify_sent: Vec<Verify>,
+    /// Connect/authentication deadline.
+    deadline: Instant,
+}
+
+impl Outbound {
+    /// Starts a stream from our domain `local` to `peer`; the header goes out immediately.
+    pub fn new(config: Config, local: &str, peer: &str, now: Instant) -> Self {
+        let deadline = now + config.connect_timeout;
+        let mut out = Outbound {
+            conn: Conn::new(config, now),
+            local: local.to_owned(),
+            peer: peer.to_owned(),
+            state: State::AwaitHeader,
+            stream_id: String::new(),
+            queue: Vec::new(),
+            verify_pending: Vec::new(),
+            verify_sent: Vec::new(),
+            deadline,
+        };
+        out.send_header(now);
+        out
+    }
+
+    /// The peer domain this stream goes to.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Whether the stream is authenticated and not closed.
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready
+    }
+
+    /// Sends a stanza, or queues it until the stream is ready. On a dead stream it comes
+    /// straight back as [`Output::Bounced`].
+    pub fn send_stanza(&mut self, stanza: Element, now: Instant) {
+        match self.state {
+            State::Ready => self.conn.send_element(&stanza, now),
+            State::Done => self.conn.emit(Output::Bounced(vec![stanza])),
+            _ => self.queue.push(stanza),
+        }
+    }
+
+    /// Asks the peer, as authoritative server for `to`, whether `key` is valid for a stream
+    /// `id` that `to` opened to our domain `from` (XEP-0220 §2.1.2). The answer comes back as
+    /// [`Output::VerifyResult`]; `<db:verify/>` needs no authentication of this stream.
+    pub fn send_verify(&mut self, from: &str, to: &str, id: &str, key: &str, now: Instant) {
+        let verify =
+            Verify { from: from.to_owned(), to: to.to_owned(), id: id.to_owned(), key: key.to_owned() };
+        match self.state {
+            State::AwaitResult | State::Ready => self.write_verify(verify, now),
+            State::Done => self.conn.emit(verify_failed(&verify)),
+            _ => self.verify_pending.push(verify),
+        }
+    }
+
+    /// Feeds bytes read from the connection.
+    pub fn handle_input(&mut self, bytes: &[u8], now: Instant) {
+        if self.state == State::Done || self.state == State::AwaitTls {
+            return;
+        }
+        if bytes.is_empty() {
+            // An empty read carries nothing, and an empty feed in the middle of a `<?...?>`
+            // currently confuses the decoder's resumable scan, so it never gets one.
+            return;
+        }
+        let events = match self.conn.decoder.feed(bytes) {
+            Ok(events) => events,
+            Err(err) => return self.fail(Failure::Sent(err), now),
+        };
+        for event in events {
+            // After `<proceed/>` anything else in the same read predates TLS and must not be
+            // trusted (the STARTTLS command-injection class of bugs), so it is dropped.
+            if matches!(self.state, State::Done | State::AwaitTls) {
+                break;
+            }
+            self.handle_event(event, now);
+        }
+    }
+
+    /// The driver finished the TLS handshake: restart the stream (RFC 6120 §5.4.3.3).
+    pub fn tls_established(&mut self, now: Instant) {
+        if self.state != State::AwaitTls {
+            return;
+        }
+        self.conn.tls = true;
+        self.conn.decoder.reset();
+        self.stream_id.clear();
+        self.state = State::AwaitHeader;
+        self.send_header(now);
+    }
+
+    /// Closes the stream from our side; queued stanzas come back in [`Output::Bounced`]
+    /// (empty if none) before [`Output::Close`].
+    pub fn close(&mut self, now: Instant) {
+        if self.state == State::Done {
+            return;
+        }
+        self.conn.send_close(now);
+        self.finish();
+    }
+
+    /// The next output for the driver.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.conn.poll_output()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Done => None,
+            State::Ready => self.conn.poll_timeout(),
+            _ => Some(self.conn.poll_timeout().map_or(self.deadline, |t| t.min(self.deadline))),
+        }
+    }
+
+    /// Fires whatever timers are due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state == State::Done {
+            return;
+        }
+        if self.state != State::Ready && now >= self.deadline {
+            return self.fail(Failure::Timeout, now);
+        }
+        if self.conn.handle_timeout(now) {
+            if self.state == State::Ready {
+                // An idle, authenticated stream simply ends; the daemon reconnects on demand.
+                self.close(now);
+            } else {
+                self.fail(Failure::Timeout, now);
+            }
+        }
+    }
+
+    fn send_header(&mut self, now: Instant) {
+        let header = stream_header(NS_SERVER, &self.peer, &self.local, None, true);
+        self.conn.send_raw(&header, now);
+        self.conn.writable = true;
+    }
+
+    fn handle_event(&mut self, event: StreamEvent, now: Instant) {
+        let element = match event {
+            StreamEvent::Open { attrs } => {
+                if let Err(err) = check_header(&attrs) {
+                    return self.fail(Failure::Sent(err), now);
+                }
+                // Dialback keys are bound to the receiving server's stream id (XEP-0185).
+                match attrs.iter().find(|(n, _)| n == "id") {
+                    Some((_, id)) if !id.is_empty() => self.stream_id = id.clone(),
+                    _ => return self.fail(Failure::Sent(StreamError::InvalidXml), now),
+                }
+                self.state = State::AwaitFeatures;
+                return;
+            }
+            StreamEvent::Close => {
+                return match self.state {
+                    State::Ready => self.close(now),
+                    _ => self.fail(Failure::PeerClosed, now),
+                };
+            }
+            StreamEvent::Element(element) => element,
+        };
+        self.conn.received(now);
+        if element.is("error", NS_STREAMS) {
+            return self.fail(Failure::Received(peer_error(&element)), now);
+        }
+        match self.state {
+            State::AwaitFeatures if element.is("features", NS_STREAMS) => self.on_features(&element, now),
+            State::AwaitProceed if element.is("proceed", NS_TLS) => {
+                self.conn.writable = false;
+                self.state = State::AwaitTls;
+                self.conn.emit(Output::StartTls);
+            }
+            State::AwaitProceed if element.is("failure", NS_TLS) => self.fail(Failure::TlsUnavailable, now),
+            State::AwaitResult | State::Ready if element.ns() == NS_DIALBACK => {
+                self.on_dialback(&element, now)
+            }
+            // Streams are unidirectional: a peer must not send stanzas on our stream.
+            _ => self.fail(Failure::Sent(StreamError::UnsupportedStanzaType), now),
+        }
+    }
+
+    fn on_features(&mut self, features: &Element, now: Instant) {
+        let policy = self.conn.config.tls;
+        if !self.conn.tls {
+            match features.child("starttls", NS_TLS) {
+                Some(_) if policy != TlsPolicy::Disabled => {
+                    self.conn.send_element(&Element::new("starttls", NS_TLS), now);
+                    self.state = State::AwaitProceed;
+                    return;
+                }
+                Some(offer) if offer.child("required", NS_TLS).is_some() => {
+                    return self.fail(Failure::TlsUnavailable, now)
+                }
+                None if policy == TlsPolicy::Required => return self.fail(Failure::TlsUnavailable, now),
+                _ => {}
+            }
+        }
+        // XEP-0220 §2.1.1: claim our domain with a key the peer can check with us.
+        let key = self.conn.config.keyer.key(&self.peer, &self.local, &self.stream_id);
+        self.conn.send_element(&result_request(&self.local, &self.peer, &key), now);
+        self.state = State::AwaitResult;
+        for verify in std::mem::take(&mut self.verify_pending) {
+            self.write_verify(verify, now);
+        }
+    }
+
+    fn on_dialback(&mut self, element: &Element, now: Instant) {
+        let kind = element.attr("type");
+        if element.name() == "verify" {
+            let (from, to, id) = (element.attr("from"), element.attr("to"), element.attr("id"));
+            // The answer swaps from/to relative to our request.
+            let pos = self.verify_sent.iter().position(|v| {
+                Some(v.to.as_str()) == from && Some(v.from.as_str()) == to && Some(v.id.as_str()) == id
+            });
+            if let Some(verify) = pos.map(|i| self.verify_sent.remove(i)) {
+                let valid = kind == Some("valid");
+                let Verify { from, to, id, .. } = verify;
+                self.conn.emit(Output::VerifyResult { from, to, id, valid });
+            }
+            return;
+        }
+        if element.name() != "result" || self.state != State::AwaitResult {
+            return;
+        }
+        if element.attr("from") != Some(self.peer.as_str()) || element.attr("to") != Some(self.local.as_str())
+        {
+            return;
+        }
+        match kind {
+            Some("valid") => {
+                self.state = State::Ready;
+                self.conn.emit(Output::Ready);
+                for stanza in std::mem::take(&mut self.queue) {
+                    self.conn.send_element(&stanza, now);
+                }
+            }
+            _ => self.fail(Failure::DialbackRejected, now),
+        }
+    }
+
+    fn write_verify(&mut self, verify: Verify, now: Instant) {
+        self.conn.send_element(&verify_request(&verify.from, &verify.to, &verify.id, &verify.key), now);
+        self.verify_sent.push(verify);
+    }
+
+    /// Ends the stream with `failure`: error or close out, `Failed`, then everything owed back.
+    fn fail(&mut self, failure: Failure, now: Instant) {
+        if self.state == State::Done {
+            return;
+        }
+        match failure {
+            Failure::Sent(err) => self.conn.send_error(err, now),
+            other => {
+                self.conn.send_close(now);
+                self.conn.emit(Output::Failed(other));
+            }
+        }
+        self.finish();
+    }
+
+    /// Bounces the queue, fails outstanding verifies, and stops.
+    fn finish(&mut self) {
+        self.state = State::Done;
+        let queued = std::mem::take(&mut self.queue);
+        self.conn.emit(Output::Bounced(queued));
+        let verifies: Vec<Verify> = self.verify_pending.drain(..).chain(self.verify_sent.drain(..)).collect();
+        for verify in &verifies {
+            self.conn.emit(verify_failed(verify));
+        }
+        self.conn.finish();
+    }
+}
+
+/// A verify that can never be answered reports invalid: dialback fails closed.
+fn verify_failed(verify: &Verify) -> Output {
+    Output::VerifyResult {
+        from: verify.from.clone(),
+        to: verify.to.clone(),
+        id: verify.id.clone(),
+        valid: false,
+    }
+}
