@@ -139,6 +139,7 @@ pub struct Session {
     sync_done: Option<(String, Seq)>,
     next_pkid: u16,
     plain_filters: usize,
+    client_max_packet: Option<usize>,
     out: VecDeque<Action>,
 }
 
@@ -172,6 +173,7 @@ impl Session {
             sync_done: None,
             next_pkid: 1,
             plain_filters: 0,
+            client_max_packet: None,
             out: VecDeque::new(),
         }
     }
@@ -279,6 +281,7 @@ impl Session {
             }
         }
         self.keep_alive = (req.keep_alive > 0).then(|| Duration::from_secs(req.keep_alive.into()));
+        self.client_max_packet = req.max_packet.map(|m| m as usize);
         if let Some(max) = req.receive_max.filter(|m| *m > 0) {
             // MQTT 5 §3.1.2.11.3: never more unacknowledged QoS 1 PUBLISHes than the client takes.
             self.cfg.max_inflight = self.cfg.max_inflight.min(max.into());
@@ -541,11 +544,16 @@ impl Session {
                 self.inflight.push_back(InflightDown { seq: e.seq, pkid: None, acked: true });
                 continue;
             }
+            // A PUBLISH on `d` adds at most 9 bytes of MQTT framing to the envelope.
+            let payload = match self.client_max_packet {
+                Some(max) if e.down.len() + 9 > max => too_large_stub(&e.down),
+                _ => e.down,
+            };
             let pkid = (self.down_qos == 1).then(|| self.alloc_pkid());
             metrics::counter!("tern_envelopes_delivered_total", "path" => "inbox").increment(1);
             self.send(Outbound::Publish {
                 topic: "d".into(),
-                payload: e.down,
+                payload,
                 qos: self.down_qos,
                 pkid: pkid.unwrap_or(0),
                 retain: false,
@@ -652,6 +660,19 @@ impl Session {
             self.out.push_back(Action::Ended { id, graceful });
         }
     }
+}
+
+/// What a client gets instead of an entry larger than its MQTT 5 Maximum Packet Size: the same
+/// `seq` and `id` with a TOO_LARGE error, so it can move on (and fetch the message another way)
+/// instead of being offered, and disconnecting on, the same entry at every connect.
+fn too_large_stub(entry: &Bytes) -> Bytes {
+    let (seq, id) = match v1::Down::decode(entry.clone()) {
+        Ok(d) => (d.seq, d.id),
+        Err(_) => (0, String::new()),
+    };
+    let mut down = error_down(&id, Code::TooLarge, "larger than the client's maximum packet size");
+    down.seq = seq;
+    Bytes::from(down.encode_to_vec())
 }
 
 /// The `Down` for an envelope refused before it reached the session (for example by size).

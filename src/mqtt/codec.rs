@@ -143,6 +143,7 @@ fn decode_v4(buf: &mut BytesMut, max: usize) -> Result<Option<Inbound>, CodecErr
                 retain: w.retain,
             }),
             receive_max: None,
+            max_packet: None,
         }),
         v4::Packet::Publish(p) => Inbound::Publish(PublishIn {
             topic: p.topic,
@@ -183,6 +184,7 @@ fn decode_v5(buf: &mut BytesMut, max: usize) -> Result<Option<Inbound>, CodecErr
             clean: c.clean_start,
             keep_alive: c.keep_alive,
             receive_max: c.properties.as_ref().and_then(|p| p.receive_maximum),
+            max_packet: c.properties.as_ref().and_then(|p| p.max_packet_size),
             login: login.map(|l| (l.username, l.password)),
             will: match will {
                 None => None,

@@ -44,6 +44,8 @@ pub struct ConnectReq {
     pub will: Option<Will>,
     /// MQTT 5 Receive Maximum: QoS 1 PUBLISHes the client takes unacknowledged.
     pub receive_max: Option<u16>,
+    /// MQTT 5 Maximum Packet Size the client accepts.
+    pub max_packet: Option<u32>,
 }
 
 /// A PUBLISH from the client.

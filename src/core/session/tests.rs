@@ -26,6 +26,7 @@ fn connect(client_id: &str, user: &str, keep_alive: u16) -> Inbound {
             retain: false,
         }),
         receive_max: None,
+        max_packet: None,
     })
 }
 
@@ -424,4 +425,39 @@ fn nothing_is_read_while_a_login_is_checked() {
     let mut s = Session::new(cfg(), now);
     s.on_packet(now, connect("phone", "alice", 60));
     assert!(!s.wants_read());
+}
+
+#[test]
+fn an_entry_larger_than_the_client_accepts_is_replaced_by_an_error_and_passed() {
+    let now = Instant::now();
+    let mut s = Session::new(cfg(), now);
+    let Inbound::Connect(mut req) = connect("phone", "alice", 60) else { unreachable!() };
+    req.max_packet = Some(64);
+    s.on_packet(now, Inbound::Connect(req));
+    drain(&mut s);
+    s.on_login(now, Ok(LoginOk { cursor: Some(Seq(0)), durable: Seq(1), token: None }));
+    drain(&mut s);
+    let big = v1::Down {
+        seq: 1,
+        id: "big".into(),
+        body: Some(down::Body::Chat(v1::Chat { body: "x".repeat(500), ..Default::default() })),
+        ..Default::default()
+    };
+    s.on_entries(vec![StoredEntry {
+        seq: Seq(1),
+        origin: None,
+        ts_ms: 0,
+        down: Bytes::from(big.encode_to_vec()),
+    }]);
+    let a = drain(&mut s);
+    let sent: Vec<v1::Down> = a
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(Outbound::Publish { payload, .. }) => v1::Down::decode(payload.clone()).ok(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].seq, sent[0].id.as_str()), (1, "big"));
+    assert!(matches!(sent[0].body, Some(down::Body::Error(ref e)) if e.code == Code::TooLarge as i32));
 }
