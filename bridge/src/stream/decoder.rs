@@ -560,10 +560,15 @@ fn xml_declaration(inner: &str) -> Result<(), StreamError> {
 }
 
 /// Resumes a quick-xml end-of-token search over the bytes not yet searched.
+///
+/// The parser is never fed an empty slice: quick-xml's parsers derive their carried-over state
+/// from the last byte they were given, and `PiParser` forgets a trailing `?` when it sees no
+/// bytes, so an empty [`StreamDecoder::feed`] between `?` and `>` would hide the end of `?>`.
 fn feed(parser: &mut impl Parser, rest: &[u8], done: &mut usize) -> Option<usize> {
     let from = *done;
+    let new = rest.get(from..).filter(|new| !new.is_empty())?;
     *done = rest.len();
-    parser.feed(rest.get(from..)?).map(|i| from + i)
+    parser.feed(new).map(|i| from + i)
 }
 
 /// The position of `byte` in `rest` at or after `from`.

@@ -220,6 +220,46 @@ fn utf8_split_inside_a_character() {
 }
 
 #[test]
+fn empty_feed_inside_the_xml_declaration() {
+    // The proptest regression: cuts at 20 and 20 split the declaration between its `?` and `>`
+    // with an empty feed in between, which made the decoder miss the `?>` and buffer the whole
+    // stream as one unfinished declaration, yielding `Ok([])`.
+    let input = format!("{HEADER}<message/></stream:stream>");
+    let bytes = input.as_bytes();
+    assert_eq!(&bytes[..20], b"<?xml version='1.0'?");
+    let whole = decode(bytes).unwrap();
+    assert_eq!(whole.len(), 3);
+    let mut dec = StreamDecoder::new(limits());
+    let mut events = dec.feed(&bytes[..20]).unwrap();
+    events.extend(dec.feed(&bytes[20..20]).unwrap());
+    events.extend(dec.feed(&bytes[20..]).unwrap());
+    assert_eq!(events, whole);
+}
+
+#[test]
+fn empty_feeds_at_every_split_point() {
+    // An empty feed carries no bytes, so it must not disturb a pending token of any kind.
+    let input = format!(
+        "{HEADER}<!-- a - b --><message a='x>y' b=\"p'q>\"><body>t &amp; u<![CDATA[ ]] ]> ]]>\
+         <!-- c - d -->v</body></message>\r\n</stream:stream>"
+    );
+    let bytes = input.as_bytes();
+    let whole = decode(bytes);
+    assert!(matches!(whole.as_deref(), Ok([_, StreamEvent::Element(_), StreamEvent::Close])), "{whole:?}");
+    for split in 0..=bytes.len() {
+        let mut dec = StreamDecoder::new(limits());
+        let mut events = Vec::new();
+        for chunk in [&bytes[..split], &[], &[], &bytes[split..]] {
+            match dec.feed(chunk) {
+                Ok(more) => events.extend(more),
+                Err(err) => panic!("split at {split}: {err:?}"),
+            }
+        }
+        assert_eq!(Ok(&events), whole.as_ref(), "split at {split}");
+    }
+}
+
+#[test]
 fn restart_with_reset() {
     let mut dec = StreamDecoder::new(limits());
     let first = dec.feed(format!("{HEADER}<starttls xmlns='{NS_TLS}'/><proc").as_bytes()).unwrap();
