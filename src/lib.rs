@@ -15,6 +15,7 @@ pub mod ids;
 pub mod metrics;
 pub mod mqtt;
 pub mod net;
+pub mod s2s;
 pub mod server;
 pub mod store;
 pub mod tls;
