@@ -1,0 +1,388 @@
+//! The per-connection tasks of a chat phase: one driver per MQTT connection, and the publishers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use prost::Message;
+use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
+use tern_schemas::v1::{down, up, Down, Up};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::{chat_up, parse_message_id, user_name, Kind, DEVICE, PASSWORD};
+
+pub(super) struct Ctx {
+    pub(super) kind: Kind,
+    /// Set when the load starts: PUBLISHes before that are part of the setup.
+    pub(super) running: std::sync::atomic::AtomicBool,
+    /// Time origin of the timestamps in the bodies.
+    pub(super) epoch: Instant,
+}
+
+impl Ctx {
+    fn running(&self) -> bool {
+        self.running.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn micros_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_micros() as u64
+}
+
+pub(super) enum Note {
+    Ready,
+    SetupFailed(String),
+    /// A connection broke during the load: stop waiting for the rest.
+    Failed,
+    SenderDone,
+    RecipientDone,
+}
+
+#[derive(Default)]
+pub(super) struct SenderStats {
+    pub(super) acked: u64,
+    pub(super) error_downs: u64,
+    pub(super) unexpected: u64,
+    pub(super) unexpected_samples: Vec<String>,
+    pub(super) setup_downs: u64,
+    pub(super) setup_samples: Vec<String>,
+    pub(super) errors: Vec<String>,
+}
+
+/// Keeps a short description of the first few unexpected envelopes.
+fn note_unexpected<T: std::fmt::Debug>(samples: &mut Vec<String>, topic: &str, what: &T) {
+    if samples.len() < 3 {
+        let mut s = format!("{topic}: {what:?}");
+        s.truncate(200);
+        samples.push(s);
+    }
+}
+
+pub(super) struct RecipientStats {
+    seen: Vec<u8>,
+    pub(super) delivered: u64,
+    pub(super) duplicated: u64,
+    pub(super) unexpected: u64,
+    pub(super) wrong_peer: u64,
+    pub(super) seq_regressions: u64,
+    pub(super) last_delivery: Option<Instant>,
+    pub(super) hist: Histogram<u64>,
+    pub(super) down_payload_bytes: usize,
+    pub(super) unexpected_samples: Vec<String>,
+    pub(super) setup_downs: u64,
+    pub(super) setup_samples: Vec<String>,
+    pub(super) errors: Vec<String>,
+}
+
+pub(super) fn client(
+    kind: Kind,
+    tag: &str,
+    role: char,
+    pair: usize,
+    addr: SocketAddr,
+    inflight: u16,
+) -> (AsyncClient, EventLoop) {
+    let user = user_name(tag, role, pair);
+    let client_id = match kind {
+        Kind::Tern => DEVICE.to_owned(),
+        Kind::Mosquitto => user.clone(),
+    };
+    let mut o = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    o.set_credentials(user, PASSWORD);
+    o.set_keep_alive(Duration::from_secs(60));
+    o.set_clean_session(true);
+    o.set_inflight(inflight);
+    o.set_max_packet_size(64 * 1024, 64 * 1024);
+    let (c, mut el) = AsyncClient::new(o, inflight as usize);
+    let mut n = NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n.set_connection_timeout(30);
+    el.set_network_options(n);
+    (c, el)
+}
+
+/// Polls until `stop`, then disconnects politely (bounded).
+async fn wind_down(client: &AsyncClient, el: &mut EventLoop) {
+    let _ = client.try_disconnect();
+    let _ =
+        tokio::time::timeout(Duration::from_millis(300), async { while el.poll().await.is_ok() {} }).await;
+}
+
+/// A broken connection ends its driver: before the client was ready it is a setup failure,
+/// after that an error of the phase (and the phase stops waiting).
+fn connection_failed(
+    notes: &mpsc::UnboundedSender<Note>,
+    errors: &mut Vec<String>,
+    ready: bool,
+    msg: String,
+) {
+    if !ready {
+        let _ = notes.send(Note::SetupFailed(msg));
+    } else {
+        errors.push(msg);
+        let _ = notes.send(Note::Failed);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn sender_driver(
+    ctx: Arc<Ctx>,
+    client: AsyncClient,
+    mut el: EventLoop,
+    expect_acks: u64,
+    notes: mpsc::UnboundedSender<Note>,
+    mut stop: watch::Receiver<bool>,
+) -> SenderStats {
+    let mut st = SenderStats::default();
+    let mut ready = false;
+    let mut token_wait: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = async { token_wait.as_mut().unwrap().await }, if token_wait.is_some() => {
+                // tern always sends a token after a password login; do not hang if it does not.
+                token_wait = None;
+                ready = true;
+                st.errors.push("no Down{token} within 5 s of CONNACK".into());
+                let _ = notes.send(Note::Ready);
+            }
+            ev = el.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(a))) => {
+                    if a.code != ConnectReturnCode::Success {
+                        let _ = notes.send(Note::SetupFailed(format!("CONNACK {:?}", a.code)));
+                        break;
+                    }
+                    match ctx.kind {
+                        Kind::Tern => token_wait = Some(Box::pin(tokio::time::sleep(Duration::from_secs(5)))),
+                        Kind::Mosquitto => {
+                            ready = true;
+                            let _ = notes.send(Note::Ready);
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    st.acked += 1;
+                    if st.acked == expect_acks {
+                        let _ = notes.send(Note::SenderDone);
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => match ctx.kind {
+                    Kind::Tern => match Down::decode(p.payload.as_ref()).ok().and_then(|d| d.body) {
+                        Some(down::Body::Token(_)) if !ready => {
+                            ready = true;
+                            token_wait = None;
+                            let _ = notes.send(Note::Ready);
+                        }
+                        Some(down::Body::Error(e)) => {
+                            st.error_downs += 1;
+                            if st.errors.len() < 5 {
+                                st.errors.push(format!("Down.error {:?}: {}", e.code(), e.text));
+                            }
+                        }
+                        other => {
+                            if ctx.running() {
+                                st.unexpected += 1;
+                                note_unexpected(&mut st.unexpected_samples, &p.topic, &other);
+                            } else {
+                                st.setup_downs += 1;
+                                note_unexpected(&mut st.setup_samples, &p.topic, &other);
+                            }
+                        }
+                    },
+                    Kind::Mosquitto => st.unexpected += 1,
+                },
+                Ok(_) => {}
+                Err(e) => {
+                    connection_failed(&notes, &mut st.errors, ready, format!("sender connection: {e}"));
+                    return st;
+                }
+            }
+        }
+    }
+    wind_down(&client, &mut el).await;
+    st
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn recipient_driver(
+    ctx: Arc<Ctx>,
+    client: AsyncClient,
+    mut el: EventLoop,
+    pair: usize,
+    expect: u64,
+    expected_peer: String,
+    notes: mpsc::UnboundedSender<Note>,
+    mut stop: watch::Receiver<bool>,
+) -> RecipientStats {
+    let mut st = RecipientStats {
+        seen: vec![0; expect as usize],
+        delivered: 0,
+        duplicated: 0,
+        unexpected: 0,
+        wrong_peer: 0,
+        seq_regressions: 0,
+        last_delivery: None,
+        hist: Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap(),
+        down_payload_bytes: 0,
+        unexpected_samples: Vec::new(),
+        setup_downs: 0,
+        setup_samples: Vec::new(),
+        errors: Vec::new(),
+    };
+    let topic = format!("c/{pair}");
+    let mut ready = false;
+    let mut last_seq = 0u64;
+    let mut token_wait: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = async { token_wait.as_mut().unwrap().await }, if token_wait.is_some() => {
+                token_wait = None;
+                ready = true;
+                st.errors.push("no Down{token} within 5 s of CONNACK".into());
+                let _ = notes.send(Note::Ready);
+            }
+            ev = el.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(a))) => {
+                    if a.code != ConnectReturnCode::Success {
+                        let _ = notes.send(Note::SetupFailed(format!("CONNACK {:?}", a.code)));
+                        break;
+                    }
+                    match ctx.kind {
+                        Kind::Tern => token_wait = Some(Box::pin(tokio::time::sleep(Duration::from_secs(5)))),
+                        Kind::Mosquitto => {
+                            if let Err(e) = client.try_subscribe(&topic, QoS::AtLeastOnce) {
+                                let _ = notes.send(Note::SetupFailed(format!("subscribe: {e}")));
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) if !ready => {
+                    ready = true;
+                    let _ = notes.send(Note::Ready);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let now = Instant::now();
+                    let now_us = now.duration_since(ctx.epoch).as_micros() as u64;
+                    let chat = match ctx.kind {
+                        Kind::Tern => match Down::decode(p.payload.as_ref()) {
+                            Ok(Down { seq, id, body: Some(down::Body::Chat(c)) }) if p.topic == "d" => {
+                                if c.peer != expected_peer {
+                                    st.wrong_peer += 1;
+                                }
+                                if seq <= last_seq {
+                                    st.seq_regressions += 1;
+                                }
+                                last_seq = seq;
+                                Some((id, c.body))
+                            }
+                            Ok(Down { body: Some(down::Body::Token(_)), .. }) if !ready => {
+                                ready = true;
+                                token_wait = None;
+                                let _ = notes.send(Note::Ready);
+                                continue;
+                            }
+                            other => {
+                                if ctx.running() {
+                                    note_unexpected(&mut st.unexpected_samples, &p.topic, &other);
+                                } else {
+                                    note_unexpected(&mut st.setup_samples, &p.topic, &other);
+                                }
+                                None
+                            }
+                        },
+                        Kind::Mosquitto => match Up::decode(p.payload.as_ref()) {
+                            Ok(Up { id, body: Some(up::Body::Chat(c)) }) if p.topic == topic => Some((id, c.body)),
+                            other => {
+                                if ctx.running() {
+                                    note_unexpected(&mut st.unexpected_samples, &p.topic, &other);
+                                } else {
+                                    note_unexpected(&mut st.setup_samples, &p.topic, &other);
+                                }
+                                None
+                            }
+                        },
+                    };
+                    let Some((id, body)) = chat else {
+                        if ctx.running() {
+                            st.unexpected += 1;
+                        } else {
+                            st.setup_downs += 1;
+                        }
+                        continue;
+                    };
+                    match (parse_message_id(&id), body.parse::<u64>()) {
+                        (Some(k), Ok(sent_us)) if k < expect => {
+                            st.down_payload_bytes = p.payload.len();
+                            let slot = &mut st.seen[k as usize];
+                            *slot = slot.saturating_add(1);
+                            if *slot == 1 {
+                                st.delivered += 1;
+                                st.last_delivery = Some(now);
+                                st.hist.saturating_record(now_us.saturating_sub(sent_us).max(1));
+                                if st.delivered == expect {
+                                    let _ = notes.send(Note::RecipientDone);
+                                }
+                            } else {
+                                st.duplicated += 1;
+                            }
+                        }
+                        _ => st.unexpected += 1,
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    connection_failed(&notes, &mut st.errors, ready, format!("recipient connection: {e}"));
+                    return st;
+                }
+            }
+        }
+    }
+    wind_down(&client, &mut el).await;
+    st
+}
+
+/// Publishes `n` chat messages, flat out or at `rate` per second from `start + offset`.
+/// Returns (published, late sends).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn publisher(
+    ctx: Arc<Ctx>,
+    client: AsyncClient,
+    topic: String,
+    peer: String,
+    n: u64,
+    rate: Option<f64>,
+    start: Instant,
+    offset: Duration,
+    deadline: Instant,
+) -> (u64, u64) {
+    let mut published = 0;
+    let mut late = 0;
+    tokio::time::sleep_until(start).await;
+    for k in 0..n {
+        if let Some(r) = rate {
+            let at = start + offset + Duration::from_secs_f64(k as f64 / r);
+            if at > deadline {
+                break;
+            }
+            tokio::time::sleep_until(at).await;
+            if Instant::now().duration_since(at) > Duration::from_millis(5) {
+                late += 1;
+            }
+        }
+        let payload = chat_up(k, &peer, micros_since(ctx.epoch));
+        match tokio::time::timeout_at(
+            deadline,
+            client.publish(topic.as_str(), QoS::AtLeastOnce, false, payload),
+        )
+        .await
+        {
+            Ok(Ok(())) => published += 1,
+            _ => break,
+        }
+    }
+    (published, late)
+}
