@@ -137,3 +137,20 @@ async fn a_second_login_of_the_same_device_takes_over_and_it_stays_online() {
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
     assert_eq!(online, Some(1.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_sent_after_a_subscription_request_is_stored_after_it() {
+    let tern = Tern::start();
+    let mut alice = Phone::connect(tern.tcp, "alice", "phone", "alice-pw").await;
+    let mut bob = Phone::connect(tern.tcp, "bob", "phone", "bob-pw").await;
+    alice.connack().await;
+    bob.connack().await;
+    for i in 0..5 {
+        // Pipelined: no waiting for PUBACKs in between.
+        alice.send(sub(&format!("s{i}"), &jid("bob"), Kind::Subscribe)).await;
+        alice.send(common::chat(&format!("c{i}"), &jid("bob"), "after the request")).await;
+    }
+    // The first stored entry bob gets must be the request, not a chat that overtook it.
+    let first = bob.next_stored().await;
+    assert!(is_sub(&first, &jid("alice"), Kind::Subscribe), "first stored entry: {first:?}");
+}

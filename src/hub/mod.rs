@@ -35,7 +35,9 @@ pub struct Hub {
     token_ttl: u64,
     presence: Mutex<HashMap<UserName, HashMap<DeviceId, v1::Presence>>>,
     // Roster changes read, decide and write two users' records; one lock keeps them consistent.
-    roster_lock: tokio::sync::Mutex<()>,
+    // A std mutex, never held across an await: taking it never yields, so the synchronous
+    // start of an apply (which assigns inbox sequence numbers) keeps PUBLISH order.
+    roster_lock: std::sync::Mutex<()>,
     // Argon2 takes ~19 MiB and tens of ms per check: bound how many run, so a burst of bad
     // logins can neither eat the memory nor the blocking pool the group commit runs on.
     login_slots: tokio::sync::Semaphore,
@@ -84,7 +86,7 @@ impl Hub {
             tokens,
             token_ttl,
             presence: Mutex::new(HashMap::new()),
-            roster_lock: tokio::sync::Mutex::new(()),
+            roster_lock: std::sync::Mutex::new(()),
             login_slots: tokio::sync::Semaphore::new(MAX_HASHING),
         });
         let weak = Arc::downgrade(&hub);
@@ -302,12 +304,7 @@ impl Hub {
         deliveries: Vec<Delivery>,
     ) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        for d in &deliveries {
-            if let Some(body) = &d.down.body {
-                count_out(body);
-            }
-        }
-        let appended = self.store.inbox.append(dedupe, now_ms(), deliveries)?;
+        let appended = self.append(dedupe, deliveries)?;
         // The committer moves the durable marks and wakes the sessions (see store/commit.rs);
         // a duplicate waits too, as its original may still be in flight.
         self.store.committer.durable().await?;
@@ -316,6 +313,26 @@ impl Hub {
             metrics::counter!("tern_duplicates_dropped_total").increment(1);
         }
         Ok(())
+    }
+
+    /// Appends to the inbox (not yet durable), counting what goes out.
+    fn append(
+        &self,
+        dedupe: Option<(&UserName, &DeviceId, &crate::ids::MsgId)>,
+        deliveries: Vec<Delivery>,
+    ) -> Result<Appended, StoreError> {
+        for d in &deliveries {
+            if let Some(body) = &d.down.body {
+                count_out(body);
+            }
+        }
+        self.store.inbox.append(dedupe, now_ms(), deliveries)
+    }
+
+    /// The roster lock; see the field's comment.
+    fn roster_guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded data is in sled, not behind the mutex: a poisoned guard protects nothing.
+        self.roster_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Tells every session of `user` that its inbox is durable up to `seq`.

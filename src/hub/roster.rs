@@ -28,7 +28,7 @@ impl Hub {
     ) -> Result<(), EnvelopeError> {
         let mut pushes = Pushes::new();
         {
-            let _guard = self.roster_lock.lock().await;
+            let _guard = self.roster_guard();
             let key = jid.to_string();
             let mut rec = self.store.rosters.get(&from.user, &key).map_err(internal)?.unwrap_or_default();
             rec.listed = true;
@@ -44,7 +44,7 @@ impl Hub {
     /// Removes a roster item, cancelling subscriptions both ways (RFC 6121 §2.5.2).
     pub(super) async fn roster_remove(&self, from: &Identity, jid: &Jid) -> Result<(), EnvelopeError> {
         let rec = {
-            let _guard = self.roster_lock.lock().await;
+            let _guard = self.roster_guard();
             self.store.rosters.get(&from.user, &jid.to_string()).map_err(internal)?
         };
         let Some(rec) = rec else { return Ok(()) };
@@ -56,7 +56,7 @@ impl Hub {
         }
         let mut pushes = Pushes::new();
         {
-            let _guard = self.roster_lock.lock().await;
+            let _guard = self.roster_guard();
             self.save(&mut pushes, &from.user, &jid.to_string(), ContactRecord::default(), true)?;
         }
         self.store.committer.durable().await.map_err(internal)?;
@@ -88,7 +88,7 @@ impl Hub {
         let mut unavailable_to_user = false;
         let mut unavailable_to_contact = false;
         {
-            let _guard = self.roster_lock.lock().await;
+            let _guard = self.roster_guard();
             let rosters = &self.store.rosters;
             // The user's side.
             let mut mine = rosters.get(&user, &contact_jid).map_err(internal)?.unwrap_or_default();
@@ -126,6 +126,11 @@ impl Hub {
                 (Kind::Unsubscribe, true) => unavailable_to_user = true,
                 _ => {}
             }
+            // Appended under the lock, so stanzas about one pair are stored in the order their
+            // state changes happened.
+            if !deliveries.is_empty() {
+                self.append(None, std::mem::take(&mut deliveries)).map_err(internal)?;
+            }
         }
         // RFC 6121 §3.3.3: the user stops hearing the contact, so the contact goes unavailable.
         // Sent before the commit, so it comes before the stored stanza (§3.2.2 asks the same of
@@ -133,11 +138,7 @@ impl Hub {
         if unavailable_to_user {
             self.send_unavailable(&contact, &user);
         }
-        if !deliveries.is_empty() {
-            self.store_durably(None, deliveries).await.map_err(internal)?;
-        } else {
-            self.store.committer.durable().await.map_err(internal)?;
-        }
+        self.store.committer.durable().await.map_err(internal)?;
         self.push(pushes);
         // Presence follows the stored subscription stanza it depends on, so a client sees the
         // approval before the presence it unlocks.
