@@ -93,12 +93,19 @@ impl Inbox {
     }
 
     fn load_marks(&self, user: &UserName) -> Result<Marks, StoreError> {
-        let last = match self.tree.get(keys::prefix(LAST_SEQ, user))? {
+        let recorded = match self.tree.get(keys::prefix(LAST_SEQ, user))? {
             Some(v) => {
                 u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt("inbox seq"))?)
             }
             None => 0,
         };
+        // The newest entry is never pruned, so the highest key is the last number handed out
+        // that anyone could have seen (an entry lost before its flush was never readable).
+        let newest = match self.tree.scan_prefix(keys::prefix(keys::INBOX, user)).next_back() {
+            Some(item) => keys::seq_of(&item?.0).ok_or(StoreError::Corrupt("inbox key"))?.0,
+            None => 0,
+        };
+        let last = recorded.max(newest);
         // Everything that survived a restart is on disk, hence durable.
         Ok(Marks { last, durable: last })
     }
@@ -141,7 +148,11 @@ impl Inbox {
             m.last += 1;
             d.down.seq = m.last;
             batch.insert(keys::inbox(&d.user, Seq(m.last)), encode_entry(now_ms, d.origin.as_ref(), &d.down));
-            batch.insert(keys::prefix(LAST_SEQ, &d.user), &m.last.to_be_bytes());
+            if m.last == 1 {
+                // Marks the user as having an inbox (retention walks these keys); the number
+                // itself comes from the newest entry, which saves a write per message.
+                batch.insert(keys::prefix(LAST_SEQ, &d.user), &m.last.to_be_bytes());
+            }
             stored.push((d.user.clone(), Seq(m.last)));
             match bumped.iter_mut().find(|(u, _)| *u == d.user) {
                 Some(slot) => slot.1 = m,
@@ -280,8 +291,9 @@ impl Inbox {
             let (k, v) = item?;
             let seq = keys::seq_of(&k).ok_or(StoreError::Corrupt("inbox key"))?.0;
             let ts = decode_entry(Seq(seq), &v)?.ts_ms;
-            let drop = seq <= acked_by_all.unwrap_or(0) || seq <= keep_from_count || ts < age_cutoff;
-            if !drop {
+            let expired = seq <= acked_by_all.unwrap_or(0) || seq <= keep_from_count || ts < age_cutoff;
+            // The newest entry stays: it is what remembers the last sequence number.
+            if !expired || seq >= last {
                 break;
             }
             batch.remove(k);

@@ -87,11 +87,32 @@ fn retention_prunes_acked_old_and_excess_but_never_reuses_a_seq() {
     assert_eq!(p.entries, 3);
     let seqs: Vec<u64> = inbox.read(&user("bob"), Seq(0), 100).unwrap().iter().map(|e| e.seq.0).collect();
     assert_eq!(seqs, vec![4, 5, 6, 7, 8]);
-    // Age rule: everything is old now.
+    // Age rule: everything is old now, but the newest entry stays to remember the sequence.
     inbox.prune(20_000, rules).unwrap();
-    assert!(inbox.read(&user("bob"), Seq(0), 100).unwrap().is_empty());
+    let left: Vec<u64> = inbox.read(&user("bob"), Seq(0), 100).unwrap().iter().map(|e| e.seq.0).collect();
+    assert_eq!(left, vec![8]);
     let a = inbox.append(None, 20_001, vec![chat("bob", "new")]).unwrap();
     assert_eq!(a, Appended::Stored(vec![(user("bob"), Seq(9))]));
+}
+
+#[test]
+fn the_sequence_survives_pruning_and_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = Retention { max_entries: 1, max_age_ms: 0, dedupe_ms: 0 };
+    {
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let inbox = Inbox::new(db.open_tree("data").unwrap());
+        for i in 0..5 {
+            let a = inbox.append(None, 1, vec![chat("bob", &i.to_string())]).unwrap();
+            all_durable(&inbox, &a);
+        }
+        inbox.prune(10, rules).unwrap();
+        db.flush().unwrap();
+    }
+    let db = sled::Config::new().path(dir.path()).open().unwrap();
+    let inbox = Inbox::new(db.open_tree("data").unwrap());
+    let a = inbox.append(None, 11, vec![chat("bob", "after")]).unwrap();
+    assert_eq!(a, Appended::Stored(vec![(user("bob"), Seq(6))]));
 }
 
 #[test]
