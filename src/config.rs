@@ -29,10 +29,39 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// Federation with other XMPP domains.
+    pub s2s: S2sConfig,
+}
+
+/// STARTTLS policy on server-to-server streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum S2sTls {
+    /// Always negotiate TLS; refuse peers that do not offer it.
+    Required,
+    /// Negotiate TLS when the peer offers it.
+    #[default]
+    Preferred,
+    /// Never negotiate TLS (tests only).
+    Disabled,
+}
+
+/// Server-to-server federation (XMPP s2s with dialback).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct S2sConfig {
+    /// Listener for peers' inbound streams (XMPP uses port 5269); `"off"` disables federation.
+    pub listen: Listen,
+    /// Fixed routes, domain → `"host:port"`, tried before `<domain>:5269`.
+    pub routes: std::collections::BTreeMap<String, String>,
+    /// STARTTLS policy.
+    pub tls: S2sTls,
+    /// Dialback secret (XEP-0185); random at every start when unset.
+    pub dialback_secret: Option<String>,
 }
 
 /// A listener address, or `"off"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Listen(pub Option<SocketAddr>);
 
 impl<'de> Deserialize<'de> for Listen {
@@ -137,6 +166,7 @@ impl Default for Config {
             inbox: InboxConfig::default(),
             limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
+            s2s: S2sConfig::default(),
         }
     }
 }
@@ -260,6 +290,9 @@ mod tests {
         assert_eq!(c.mqtt.max_packet, d.mqtt.max_packet);
         assert_eq!(c.inbox.max_entries_per_user, d.inbox.max_entries_per_user);
         assert_eq!(c.metrics.listen, d.metrics.listen);
+        assert_eq!(c.s2s.listen, d.s2s.listen);
+        assert_eq!(c.s2s.tls, d.s2s.tls);
+        assert!(c.s2s.routes.is_empty());
     }
 
     #[test]
@@ -269,5 +302,9 @@ mod tests {
         assert!(Config::parse("unknown = 1").is_err());
         assert!(Config::parse("[mqtt]\ntcp = \"nonsense\"").is_err());
         assert_eq!(Config::parse("[mqtt]\ntls = \"off\"").unwrap().mqtt.tls, Listen(None));
+        assert!(Config::parse("[s2s]\ntls = \"maybe\"").is_err());
+        let c = Config::parse("[s2s]\nlisten = \"127.0.0.1:5269\"\ntls = \"disabled\"\n[s2s.routes]\n\"xmpp.test\" = \"127.0.0.2:5269\"").unwrap();
+        assert_eq!(c.s2s.tls, S2sTls::Disabled);
+        assert_eq!(c.s2s.routes["xmpp.test"], "127.0.0.2:5269");
     }
 }

@@ -40,6 +40,9 @@ enum Cmd {
         /// Overrides `metrics.listen`.
         #[arg(long)]
         metrics: Option<Listen>,
+        /// Overrides `s2s.listen` (federation; an address, or "off").
+        #[arg(long)]
+        s2s: Option<Listen>,
     },
     /// Manage users.
     User {
@@ -91,7 +94,7 @@ fn main() -> anyhow::Result<()> {
         config.data_dir = dir;
     }
     match cli.cmd {
-        Cmd::Serve { domain, mqtt_tcp, mqtt_tls, mqtt_ws, metrics } => {
+        Cmd::Serve { domain, mqtt_tcp, mqtt_tls, mqtt_ws, metrics, s2s } => {
             if let Some(d) = domain {
                 config.domain = d;
             }
@@ -99,6 +102,7 @@ fn main() -> anyhow::Result<()> {
             config.mqtt.tls = mqtt_tls.unwrap_or(config.mqtt.tls);
             config.mqtt.ws = mqtt_ws.unwrap_or(config.mqtt.ws);
             config.metrics.listen = metrics.unwrap_or(config.metrics.listen);
+            config.s2s.listen = s2s.unwrap_or(config.s2s.listen);
             config.check()?;
             serve(config)
         }
@@ -126,7 +130,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
         }
         let bound = tern::server::start(config).await?;
         // One line on stdout that scripts can wait for.
-        println!("tern ready tcp={} tls={} ws={}", show(bound.tcp), show(bound.tls), show(bound.ws));
+        let s2s = bound.s2s.map(|a| format!(" s2s={a}")).unwrap_or_default();
+        println!("tern ready tcp={} tls={} ws={}{s2s}", show(bound.tcp), show(bound.tls), show(bound.ws));
         wait_for_stop().await?;
         // Everything acknowledged is already on disk; there is nothing to drain.
         tracing::info!("stopping");

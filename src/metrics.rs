@@ -39,4 +39,6 @@ fn describe() {
     describe_histogram!("tern_store_flush_seconds", Unit::Seconds, "Duration of one group-commit fsync.");
     describe_histogram!("tern_store_flush_batch", "Writers released by one group-commit fsync.");
     describe_histogram!("tern_store_append_seconds", Unit::Seconds, "Append until durable, per envelope.");
+    describe_counter!("tern_s2s_stanzas_out_total", "Stanzas queued for other XMPP domains.");
+    describe_counter!("tern_s2s_stanzas_in_total", "Stanzas received from other XMPP domains.");
 }

@@ -22,6 +22,8 @@ pub struct Bound {
     pub tls: Option<SocketAddr>,
     /// MQTT over WebSocket.
     pub ws: Option<SocketAddr>,
+    /// XMPP server-to-server.
+    pub s2s: Option<SocketAddr>,
 }
 
 /// Starts everything and returns the bound addresses; the tasks run on the current runtime.
@@ -35,6 +37,7 @@ pub async fn start(config: Config) -> anyhow::Result<Bound> {
     // The hub only publishes, but its link still gets notifications that must be drained.
     tokio::spawn(async move { while let Ok(_n) = hub_rx.next().await {} });
     let domain = tern_bridge::Jid::parse(&config.domain)?.domain().to_owned();
+    let domain_name = domain.clone();
     let hub = Hub::new(domain, store.clone(), hub_tx, config.auth.token_ttl_secs)?;
 
     let shared = Arc::new(Shared {
@@ -51,19 +54,30 @@ pub async fn start(config: Config) -> anyhow::Result<Bound> {
         max_connections: config.mqtt.max_connections,
     });
 
-    let mut bound = Bound { tcp: None, tls: None, ws: None };
+    let mut bound = Bound { tcp: None, tls: None, ws: None, s2s: None };
     if let Some(addr) = config.mqtt.tcp.0 {
         let (local, accept) = listener::bind(addr, Transport::Tcp, shared.clone()).await?;
         bound.tcp = Some(local);
         tokio::spawn(accept);
     }
-    if let Some(addr) = config.mqtt.tls.0 {
+    let acceptor = || -> anyhow::Result<tokio_rustls::TlsAcceptor> {
         let (cert, key) = config.tls_paths();
         if config.tls.cert.is_none() && !cert.exists() {
             crate::tls::write_self_signed(&cert, &key, &["localhost".into(), "127.0.0.1".into()])?;
             tracing::warn!(cert = %cert.display(), "no certificate configured: made a self-signed one for development");
         }
-        let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&cert, &key)?);
+        Ok(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&cert, &key)?))
+    };
+    if let Some(addr) = config.s2s.listen.0 {
+        let tls = if config.s2s.tls == crate::config::S2sTls::Disabled { None } else { Some(acceptor()?) };
+        let s2s = crate::s2s::S2s::new(&domain_name, &config.s2s, tls)?;
+        shared.hub.attach_s2s(s2s.clone());
+        let (local, accept) = crate::s2s::inbound::bind(addr, s2s).await?;
+        bound.s2s = Some(local);
+        tokio::spawn(accept);
+    }
+    if let Some(addr) = config.mqtt.tls.0 {
+        let acceptor = acceptor()?;
         let (local, accept) = listener::bind(addr, Transport::Tls(acceptor), shared.clone()).await?;
         bound.tls = Some(local);
         tokio::spawn(accept);

@@ -5,6 +5,8 @@
 //! through the rumqttd router. Ephemeral envelopes go straight to the router.
 
 mod presence;
+mod remote;
+mod remote_roster;
 mod roster;
 
 use std::collections::HashMap;
@@ -41,6 +43,8 @@ pub struct Hub {
     // Argon2 takes ~19 MiB and tens of ms per check: bound how many run, so a burst of bad
     // logins can neither eat the memory nor the blocking pool the group commit runs on.
     login_slots: tokio::sync::Semaphore,
+    /// Federation, when `s2s.listen` is configured.
+    s2s: std::sync::OnceLock<Arc<crate::s2s::S2s>>,
 }
 
 /// Password checks that may run at once; more wait up to [`HASH_WAIT`], then get "server busy".
@@ -88,6 +92,7 @@ impl Hub {
             presence: Mutex::new(HashMap::new()),
             roster_lock: std::sync::Mutex::new(()),
             login_slots: tokio::sync::Semaphore::new(MAX_HASHING),
+            s2s: std::sync::OnceLock::new(),
         });
         let weak = Arc::downgrade(&hub);
         hub.store.committer.on_durable(Box::new(move |durable| {
@@ -193,6 +198,15 @@ impl Hub {
         };
         let ts = now_ms();
         let reply = match env.cmd {
+            UpCmd::Chat { id: msg_id, to, chat } if self.is_remote(&to) => {
+                let mut copy = chat.clone();
+                copy.peer = to.to_string();
+                copy.ts = ts;
+                copy.outgoing = true;
+                let body = tern_schemas::v1::up::Body::Chat(chat);
+                self.send_remote(from, &msg_id, &to, &body, down::Body::Chat(copy)).await.map_err(with_id)?;
+                None
+            }
             UpCmd::Chat { id: msg_id, to, chat } => {
                 let peer = self.recipient(&to).map_err(with_id)?;
                 let mut incoming = chat.clone();
@@ -207,6 +221,16 @@ impl Hub {
                 self.store_pair(from, &msg_id, &peer, body(incoming), body(copy)).await.map_err(with_id)?;
                 None
             }
+            UpCmd::Receipt { id: msg_id, to, receipt } if self.is_remote(&to) => {
+                let mut copy = receipt.clone();
+                copy.peer = to.to_string();
+                copy.outgoing = true;
+                let body = tern_schemas::v1::up::Body::Receipt(receipt);
+                self.send_remote(from, &msg_id, &to, &body, down::Body::Receipt(copy))
+                    .await
+                    .map_err(with_id)?;
+                None
+            }
             UpCmd::Receipt { id: msg_id, to, receipt } => {
                 let peer = self.recipient(&to).map_err(with_id)?;
                 let mut incoming = receipt.clone();
@@ -217,6 +241,10 @@ impl Hub {
                 copy.outgoing = true;
                 let body = |r: v1::Receipt| Some(down::Body::Receipt(r));
                 self.store_pair(from, &msg_id, &peer, body(incoming), body(copy)).await.map_err(with_id)?;
+                None
+            }
+            UpCmd::ChatState { to, state } if self.is_remote(&to) => {
+                self.send_remote_ephemeral(from, &id, &to, &tern_schemas::v1::up::Body::ChatState(state));
                 None
             }
             UpCmd::ChatState { to, mut state } => {

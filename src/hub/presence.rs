@@ -16,6 +16,8 @@ impl Hub {
     /// miss a router message sent before its subscription took effect.
     pub fn device_online(&self, id: &Identity) -> Vec<Bytes> {
         self.on_presence(id, None, v1::Presence::default());
+        // Remote contacts' presence arrives later, as their servers answer the probes.
+        self.probe_remote_contacts(&id.user);
         let mut out = Vec::new();
         for contact in self.contacts(&id.user, |r| r.to) {
             for (device, mut p) in self.presence_of(&contact) {
@@ -35,10 +37,13 @@ impl Hub {
 
     /// Broadcast presence (no `to`) or directed presence (`to`) from a device.
     pub(super) fn on_presence(&self, from: &Identity, to: Option<Jid>, mut p: v1::Presence) {
+        let remote = p.clone();
         p.peer = self.full_jid(from);
         if let Some(to) = to {
             if let Some(user) = self.local_user(&to) {
                 self.live(&user, down::Body::Presence(p));
+            } else if self.is_remote(&to) {
+                self.presence_to_remote(from, &to, remote);
             }
             return;
         }
@@ -59,6 +64,9 @@ impl Hub {
         }
         for contact in self.contacts(&from.user, |r| r.from) {
             self.live(&contact, down::Body::Presence(p.clone()));
+        }
+        for contact in self.remote_contacts(&from.user, |r| r.from) {
+            self.presence_to_remote(from, &contact, remote.clone());
         }
     }
 

@@ -11,7 +11,7 @@ use crate::store::inbox::Delivery;
 use crate::store::roster::ContactRecord;
 
 /// Roster pushes waiting for their commit.
-type Pushes = Vec<(UserName, v1::Roster)>;
+pub(super) type Pushes = Vec<(UserName, v1::Roster)>;
 
 fn err(code: Code, text: &str) -> EnvelopeError {
     EnvelopeError { id: String::new(), code, text: text.into() }
@@ -72,6 +72,9 @@ impl Hub {
         kind: Kind,
     ) -> Result<(), EnvelopeError> {
         if to.domain() != self.domain {
+            if self.is_remote(to) {
+                return self.subscription_remote(from, to, kind).await;
+            }
             return Err(err(Code::RemoteServerNotFound, "no route to that domain"));
         }
         let contact = self.local_user(to).ok_or_else(|| err(Code::ServiceUnavailable, "no such user"))?;
@@ -178,7 +181,7 @@ impl Hub {
         }
     }
 
-    fn subscription_delivery(&self, to: &UserName, peer: &str, kind: Kind) -> Delivery {
+    pub(super) fn subscription_delivery(&self, to: &UserName, peer: &str, kind: Kind) -> Delivery {
         Delivery {
             user: to.clone(),
             origin: None,
@@ -194,7 +197,7 @@ impl Hub {
 
     /// Writes a contact record; when it changed visibly, queues a roster push for the user's
     /// devices, to be sent once the change is durable (a version must never be seen and lost).
-    fn save(
+    pub(super) fn save(
         &self,
         pushes: &mut Pushes,
         user: &UserName,
@@ -210,7 +213,7 @@ impl Hub {
     }
 
     /// Sends queued roster pushes (after the commit that made them durable).
-    fn push(&self, pushes: Pushes) {
+    pub(super) fn push(&self, pushes: Pushes) {
         for (user, roster) in pushes {
             self.live(&user, down::Body::Roster(roster));
         }

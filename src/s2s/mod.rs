@@ -1,6 +1,259 @@
 //! Server-to-server federation (RFC 6120, XEP-0220): the daemon side of `tern_bridge::s2s`.
 //!
-//! The sans-IO stream machines live in `bridge/`; this module supplies what they need from the
-//! outside world. Sockets, TLS and routing come with the federation issue.
+//! The sans-IO stream machines live in `bridge/`; this module gives them sockets, TLS, a clock
+//! and routing. One task per connection drains every output of its machine, like
+//! `net/conn.rs` does for MQTT:
+//!
+//! * [`outbound`]: one task per peer domain, started by the first [`S2s::send`] to it. It
+//!   connects (fixed route, else `<domain>:5269`), negotiates STARTTLS and dialback, then
+//!   carries our stanzas and our `<db:verify/>` requests. When it ends, whatever was never
+//!   sent goes to the bounce callback; the next send starts a new task.
+//! * [`inbound`]: the listener and one task per peer connection. Stanzas from authenticated
+//!   peers go to the stanza callback (the hub); dialback keys are checked with the claimed
+//!   domain's authoritative server over an outbound stream.
 
+pub mod inbound;
 pub mod keyer;
+pub mod outbound;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tern_bridge::s2s::{Config as MachineConfig, TlsPolicy};
+use tern_bridge::Element;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::S2sTls;
+
+/// A byte stream a machine runs over: TCP, or TLS over TCP after STARTTLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Why stanzas come back unsent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BounceReason {
+    /// The peer could not be reached, refused us, or failed the stream.
+    NotFound,
+    /// The peer did not answer in time.
+    Timeout,
+}
+
+/// Gets every stanza an authenticated peer sends us.
+pub type StanzaSink = Arc<dyn Fn(Element) + Send + Sync>;
+/// Gets the stanzas an outbound stream could not deliver.
+pub type BounceSink = Arc<dyn Fn(Vec<Element>, BounceReason) + Send + Sync>;
+
+/// A request for an outbound task.
+pub(crate) enum Cmd {
+    /// Send a stanza.
+    Stanza(Element),
+    /// Ask the peer (authoritative for `to`) about a dialback key; the answer goes to `reply`
+    /// (dropped = invalid).
+    Verify { from: String, to: String, id: String, key: String, reply: oneshot::Sender<bool> },
+}
+
+/// The federation service: routes stanzas to peer domains and takes theirs.
+pub struct S2s {
+    local: String,
+    machine: MachineConfig,
+    routes: BTreeMap<String, String>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    connector: tokio_rustls::TlsConnector,
+    peers: Mutex<HashMap<String, mpsc::UnboundedSender<Cmd>>>,
+    on_stanza: OnceLock<StanzaSink>,
+    on_bounce: OnceLock<BounceSink>,
+}
+
+impl S2s {
+    /// A service for our domain `local`. `acceptor` is the server TLS config offered to
+    /// inbound peers (`None` when TLS is disabled).
+    pub fn new(
+        local: &str,
+        config: &crate::config::S2sConfig,
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
+    ) -> anyhow::Result<Arc<S2s>> {
+        let secret = match &config.dialback_secret {
+            Some(s) => s.as_bytes().to_vec(),
+            None => {
+                let mut b = [0u8; 32];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+                    .map_err(|_| anyhow::anyhow!("no system randomness for the dialback secret"))?;
+                b.to_vec()
+            }
+        };
+        let keyer = Arc::new(keyer::HmacKeyer::new(&secret));
+        let mut machine = MachineConfig::new(vec![local.to_owned()], keyer);
+        machine.tls = match config.tls {
+            S2sTls::Required => TlsPolicy::Required,
+            S2sTls::Preferred => TlsPolicy::Preferred,
+            S2sTls::Disabled => TlsPolicy::Disabled,
+        };
+        let acceptor = if machine.tls == TlsPolicy::Disabled { None } else { acceptor };
+        Ok(Arc::new(S2s {
+            local: local.to_owned(),
+            machine,
+            routes: config.routes.clone(),
+            acceptor,
+            connector: tokio_rustls::TlsConnector::from(client_config()?),
+            peers: Mutex::new(HashMap::new()),
+            on_stanza: OnceLock::new(),
+            on_bounce: OnceLock::new(),
+        }))
+    }
+
+    /// Sets where inbound stanzas and bounces go (once; the hub does it at start-up).
+    pub fn set_sinks(&self, stanza: StanzaSink, bounce: BounceSink) {
+        let _ = self.on_stanza.set(stanza);
+        let _ = self.on_bounce.set(bounce);
+    }
+
+    /// Our domain.
+    pub fn local(&self) -> &str {
+        &self.local
+    }
+
+    /// Sends `stanza` to `domain`, connecting if needed. Never blocks; failures come back
+    /// through the bounce callback.
+    pub fn send(self: &Arc<Self>, domain: &str, stanza: Element) {
+        self.command(domain, Cmd::Stanza(stanza));
+    }
+
+    /// Asks `to`'s authoritative server whether `key` is valid for stream `id` it opened to
+    /// our `from`.
+    pub(crate) fn verify(
+        self: &Arc<Self>,
+        from: &str,
+        to: &str,
+        id: &str,
+        key: &str,
+    ) -> oneshot::Receiver<bool> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Cmd::Verify { from: from.into(), to: to.into(), id: id.into(), key: key.into(), reply };
+        self.command(to, cmd);
+        rx
+    }
+
+    fn command(self: &Arc<Self>, domain: &str, cmd: Cmd) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let cmd = match peers.get(domain) {
+            Some(tx) => match tx.send(cmd) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(cmd)) => cmd,
+            },
+            None => cmd,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(cmd);
+        peers.insert(domain.to_owned(), tx.clone());
+        drop(peers);
+        tokio::spawn(outbound::run(self.clone(), domain.to_owned(), tx, rx));
+    }
+
+    /// Forgets the task for `domain` if `tx` is still its channel.
+    pub(crate) fn forget(&self, domain: &str, tx: &mpsc::UnboundedSender<Cmd>) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if peers.get(domain).is_some_and(|t| t.same_channel(tx)) {
+            peers.remove(domain);
+        }
+    }
+
+    /// Where `domain` is reached: a fixed route, else its standard s2s port.
+    pub(crate) fn route(&self, domain: &str) -> String {
+        self.routes.get(domain).cloned().unwrap_or_else(|| format!("{domain}:5269"))
+    }
+
+    pub(crate) fn deliver(&self, stanza: Element) {
+        match self.on_stanza.get() {
+            Some(sink) => sink(stanza),
+            None => tracing::warn!("s2s stanza dropped: no hub attached"),
+        }
+    }
+
+    pub(crate) fn bounce(&self, stanzas: Vec<Element>, reason: BounceReason) {
+        if stanzas.is_empty() {
+            return;
+        }
+        match self.on_bounce.get() {
+            Some(sink) => sink(stanzas, reason),
+            None => tracing::warn!(n = stanzas.len(), "s2s bounce dropped: no hub attached"),
+        }
+    }
+}
+
+/// How long a TCP connect or a TLS handshake may take.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A fresh, unpredictable stream id (dialback keys are bound to it).
+pub(crate) fn stream_id() -> String {
+    let mut b = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn client_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let provider = crate::tls::provider();
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Accepts any server certificate, checking only that the handshake signatures are sound.
+///
+/// Why: on s2s, tern authenticates peers with dialback (XEP-0220), which proves a domain
+/// through DNS and a callback, not through the certificate; that is also how Prosody and
+/// ejabberd federate with `s2s_secure_auth = false`, and most small XMPP servers present
+/// self-signed or mismatched certificates. TLS here only protects against passive
+/// eavesdropping. Certificate-based authentication (SASL EXTERNAL, XEP-0178) is future work.
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Sleeps until the machine's next deadline, or forever when it has none.
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -441,7 +441,6 @@ fn an_entry_larger_than_the_client_accepts_is_replaced_by_an_error_and_passed() 
         seq: 1,
         id: "big".into(),
         body: Some(down::Body::Chat(v1::Chat { body: "x".repeat(500), ..Default::default() })),
-        ..Default::default()
     };
     s.on_entries(vec![StoredEntry {
         seq: Seq(1),
