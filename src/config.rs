@@ -31,6 +31,21 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Federation with other XMPP domains.
     pub s2s: S2sConfig,
+    /// Component mode (XEP-0114), instead of s2s; off when absent.
+    pub component: Option<ComponentConfig>,
+}
+
+/// tern as an external component (XEP-0114) of one XMPP server: all federation goes through
+/// that server, and `domain` here replaces the top-level `domain`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentConfig {
+    /// The server's component port, `"host:port"` (Prosody's default is 5347).
+    pub server: String,
+    /// The component's JID domain, which is tern's domain for its users.
+    pub domain: String,
+    /// The shared secret configured for the component on the server.
+    pub secret: String,
 }
 
 /// STARTTLS policy on server-to-server streams.
@@ -167,6 +182,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
             s2s: S2sConfig::default(),
+            component: None,
         }
     }
 }
@@ -237,6 +253,20 @@ impl Config {
             .ok()
             .filter(|j| j.local().is_none() && j.is_bare())
             .ok_or_else(|| anyhow::anyhow!("domain {:?} is not a valid XMPP domain", self.domain))?;
+        if let Some(c) = &self.component {
+            tern_bridge::Jid::parse(&c.domain)
+                .ok()
+                .filter(|j| j.local().is_none() && j.is_bare())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("component.domain {:?} is not a valid XMPP domain", c.domain)
+                })?;
+            anyhow::ensure!(!c.server.is_empty(), "component.server must be \"host:port\"");
+            anyhow::ensure!(!c.secret.is_empty(), "component.secret must not be empty");
+            anyhow::ensure!(
+                self.s2s.listen.0.is_none(),
+                "component mode replaces s2s: set s2s.listen = \"off\" or remove [component]"
+            );
+        }
         anyhow::ensure!(self.mqtt.max_packet >= 1024, "mqtt.max_packet must be at least 1024");
         anyhow::ensure!(
             (1..=65_000).contains(&self.mqtt.max_inflight),
@@ -306,5 +336,24 @@ mod tests {
         let c = Config::parse("[s2s]\nlisten = \"127.0.0.1:5269\"\ntls = \"disabled\"\n[s2s.routes]\n\"xmpp.test\" = \"127.0.0.2:5269\"").unwrap();
         assert_eq!(c.s2s.tls, S2sTls::Disabled);
         assert_eq!(c.s2s.routes["xmpp.test"], "127.0.0.2:5269");
+        assert!(c.component.is_none());
+    }
+
+    #[test]
+    fn component_section_parses_and_is_checked() {
+        let c = Config::parse(
+            "[component]\nserver = \"127.0.0.1:5347\"\ndomain = \"tern.xmpp.test\"\nsecret = \"s\"",
+        )
+        .unwrap();
+        let comp = c.component.unwrap();
+        assert_eq!(comp.server, "127.0.0.1:5347");
+        assert_eq!(comp.domain, "tern.xmpp.test");
+        assert!(Config::parse("[component]\nserver = \"x:1\"\ndomain = \"a@b\"\nsecret = \"s\"").is_err());
+        assert!(Config::parse("[component]\nserver = \"x:1\"\ndomain = \"b\"\nsecret = \"\"").is_err());
+        assert!(Config::parse("[component]\nserver = \"x:1\"\ndomain = \"b\"").is_err());
+        assert!(Config::parse(
+            "[s2s]\nlisten = \"127.0.0.1:5269\"\n[component]\nserver = \"x:1\"\ndomain = \"b\"\nsecret = \"s\""
+        )
+        .is_err());
     }
 }

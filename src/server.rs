@@ -36,7 +36,11 @@ pub async fn start(config: Config) -> anyhow::Result<Bound> {
     let (hub_tx, mut hub_rx) = tokio::task::block_in_place(|| broker.link("tern-hub"))?;
     // The hub only publishes, but its link still gets notifications that must be drained.
     tokio::spawn(async move { while let Ok(_n) = hub_rx.next().await {} });
-    let domain = tern_bridge::Jid::parse(&config.domain)?.domain().to_owned();
+    // In component mode the component's domain is tern's domain.
+    let domain = match &config.component {
+        Some(c) => c.domain.clone(),
+        None => tern_bridge::Jid::parse(&config.domain)?.domain().to_owned(),
+    };
     let domain_name = domain.clone();
     let hub = Hub::new(domain, store.clone(), hub_tx, config.auth.token_ttl_secs)?;
 
@@ -68,7 +72,11 @@ pub async fn start(config: Config) -> anyhow::Result<Bound> {
         }
         Ok(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&cert, &key)?))
     };
-    if let Some(addr) = config.s2s.listen.0 {
+    if let Some(component) = &config.component {
+        let s2s = crate::s2s::S2s::new_component(component)?;
+        shared.hub.attach_s2s(s2s.clone());
+        s2s.start();
+    } else if let Some(addr) = config.s2s.listen.0 {
         let tls = if config.s2s.tls == crate::config::S2sTls::Disabled { None } else { Some(acceptor()?) };
         let s2s = crate::s2s::S2s::new(&domain_name, &config.s2s, tls)?;
         shared.hub.attach_s2s(s2s.clone());

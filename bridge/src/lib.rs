@@ -1,5 +1,6 @@
 //! The sans-IO XMPP side of tern. Nothing here touches a socket or a clock.
 
+pub mod component;
 pub mod jid;
 pub mod mapping;
 pub mod s2s;

@@ -23,6 +23,8 @@ use crate::store::inbox::{Appended, Delivery};
 
 impl Hub {
     /// Attaches federation: outbound sends go to `s2s`, its stanzas and bounces come here.
+    /// In component mode (XEP-0114) `s2s` routes everything over its one component stream;
+    /// nothing here differs.
     pub fn attach_s2s(self: &Arc<Self>, s2s: Arc<S2s>) {
         let weak = Arc::downgrade(self);
         let stanza = Arc::new(move |el: Element| {
@@ -105,6 +107,19 @@ impl Hub {
             }
         };
         metrics::counter!("tern_s2s_stanzas_in_total").increment(1);
+        // Nothing from outside may speak for this domain's users. s2s already refuses such a
+        // `from` (dialback for our domain can only succeed with our own key), but a component
+        // stream trusts its server, so the check lives here, for both.
+        let claimed = match &stanza {
+            Stanza::Message(m) => m.from.as_ref(),
+            Stanza::Presence(p) => p.from.as_ref(),
+            Stanza::Iq(i) => i.from.as_ref(),
+        };
+        if claimed.is_none_or(|from| from.domain() == self.domain) {
+            metrics::counter!("tern_s2s_spoofed_total").increment(1);
+            tracing::info!(from = ?claimed.map(|j| j.to_string()), "dropped a remote stanza claiming our own domain");
+            return;
+        }
         if let Stanza::Iq(iq) = &stanza {
             let reply = mapping::answer_iq(iq, &self.domain, env!("CARGO_PKG_VERSION"));
             if let (Some(reply), Some(s2s)) = (reply, self.s2s.get()) {

@@ -11,7 +11,10 @@
 //! * [`inbound`]: the listener and one task per peer connection. Stanzas from authenticated
 //!   peers go to the stanza callback (the hub); dialback keys are checked with the claimed
 //!   domain's authoritative server over an outbound stream.
+//! * [`component`]: instead of both, with `[component]` configured: one XEP-0114 stream to
+//!   one server carries every stanza both ways (`bridge::component::Connection`).
 
+pub mod component;
 pub mod inbound;
 pub mod keyer;
 pub mod outbound;
@@ -64,6 +67,8 @@ pub struct S2s {
     peers: Mutex<HashMap<String, mpsc::UnboundedSender<Cmd>>>,
     on_stanza: OnceLock<StanzaSink>,
     on_bounce: OnceLock<BounceSink>,
+    /// Component mode (XEP-0114): every stanza goes over one stream to this server.
+    component: Option<component::Settings>,
 }
 
 impl S2s {
@@ -74,6 +79,38 @@ impl S2s {
         config: &crate::config::S2sConfig,
         acceptor: Option<tokio_rustls::TlsAcceptor>,
     ) -> anyhow::Result<Arc<S2s>> {
+        Ok(Arc::new(S2s::build(local, config, acceptor)?))
+    }
+
+    /// Component mode (XEP-0114): tern is the external component `config.domain` of the
+    /// server at `config.server`; every non-local stanza goes over that one stream, which is
+    /// connected by [`start`](Self::start) and reconnected with backoff. No s2s listener or
+    /// dialback is involved.
+    pub fn new_component(config: &crate::config::ComponentConfig) -> anyhow::Result<Arc<S2s>> {
+        let mut s2s = S2s::build(&config.domain, &crate::config::S2sConfig::default(), None)?;
+        s2s.component = Some(component::Settings::new(config));
+        Ok(Arc::new(s2s))
+    }
+
+    /// In component mode, connects the component stream now (after [`set_sinks`](Self::set_sinks)),
+    /// so the server routes our domain's traffic to us before we send anything. Otherwise a no-op:
+    /// s2s streams start on demand.
+    pub fn start(self: &Arc<Self>) {
+        if self.component.is_some() {
+            self.command("", None);
+        }
+    }
+
+    /// Whether this is component mode.
+    pub fn is_component(&self) -> bool {
+        self.component.is_some()
+    }
+
+    fn build(
+        local: &str,
+        config: &crate::config::S2sConfig,
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
+    ) -> anyhow::Result<S2s> {
         let secret = match &config.dialback_secret {
             Some(s) => s.as_bytes().to_vec(),
             None => {
@@ -91,7 +128,7 @@ impl S2s {
             S2sTls::Disabled => TlsPolicy::Disabled,
         };
         let acceptor = if machine.tls == TlsPolicy::Disabled { None } else { acceptor };
-        Ok(Arc::new(S2s {
+        Ok(S2s {
             local: local.to_owned(),
             machine,
             routes: config.routes.clone(),
@@ -100,7 +137,8 @@ impl S2s {
             peers: Mutex::new(HashMap::new()),
             on_stanza: OnceLock::new(),
             on_bounce: OnceLock::new(),
-        }))
+            component: None,
+        })
     }
 
     /// Sets where inbound stanzas and bounces go (once; the hub does it at start-up).
@@ -117,7 +155,7 @@ impl S2s {
     /// Sends `stanza` to `domain`, connecting if needed. Never blocks; failures come back
     /// through the bounce callback.
     pub fn send(self: &Arc<Self>, domain: &str, stanza: Element) {
-        self.command(domain, Cmd::Stanza(stanza));
+        self.command(domain, Some(Cmd::Stanza(stanza)));
     }
 
     /// Asks `to`'s authoritative server whether `key` is valid for stream `id` it opened to
@@ -131,24 +169,33 @@ impl S2s {
     ) -> oneshot::Receiver<bool> {
         let (reply, rx) = oneshot::channel();
         let cmd = Cmd::Verify { from: from.into(), to: to.into(), id: id.into(), key: key.into(), reply };
-        self.command(to, cmd);
+        self.command(to, Some(cmd));
         rx
     }
 
-    fn command(self: &Arc<Self>, domain: &str, cmd: Cmd) {
+    /// Hands `cmd` to the task for `domain` (in component mode, the one component task),
+    /// starting it if needed; `None` only starts it.
+    fn command(self: &Arc<Self>, domain: &str, cmd: Option<Cmd>) {
+        let domain = if self.component.is_some() { "" } else { domain };
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        let cmd = match peers.get(domain) {
-            Some(tx) => match tx.send(cmd) {
+        let cmd = match (peers.get(domain), cmd) {
+            (Some(_), None) => return,
+            (Some(tx), Some(cmd)) => match tx.send(cmd) {
                 Ok(()) => return,
-                Err(mpsc::error::SendError(cmd)) => cmd,
+                Err(mpsc::error::SendError(cmd)) => Some(cmd),
             },
-            None => cmd,
+            (None, cmd) => cmd,
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(cmd);
+        if let Some(cmd) = cmd {
+            let _ = tx.send(cmd);
+        }
         peers.insert(domain.to_owned(), tx.clone());
         drop(peers);
-        tokio::spawn(outbound::run(self.clone(), domain.to_owned(), tx, rx));
+        match &self.component {
+            Some(_) => tokio::spawn(component::run(self.clone(), tx, rx)),
+            None => tokio::spawn(outbound::run(self.clone(), domain.to_owned(), tx, rx)),
+        };
     }
 
     /// Forgets the task for `domain` if `tx` is still its channel.
