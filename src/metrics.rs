@@ -29,8 +29,14 @@ fn describe() {
     );
     describe_counter!("tern_envelopes_in_total", "Valid upward envelopes, by kind.");
     describe_counter!("tern_envelopes_rejected_total", "Refused upward envelopes, by error code.");
-    describe_counter!("tern_envelopes_out_total", "Downward envelopes produced, by kind (one per recipient user).");
-    describe_counter!("tern_envelopes_delivered_total", "Downward envelopes written to sessions, by path (inbox, live).");
+    describe_counter!(
+        "tern_envelopes_out_total",
+        "Downward envelopes produced, by kind (one per recipient user)."
+    );
+    describe_counter!(
+        "tern_envelopes_delivered_total",
+        "Downward envelopes written to sessions, by path (inbox, live)."
+    );
     describe_counter!("tern_duplicates_dropped_total", "Resent messages dropped by id.");
     describe_counter!("tern_bytes_received_total", Unit::Bytes, "Bytes read from MQTT sockets.");
     describe_counter!("tern_bytes_sent_total", Unit::Bytes, "Bytes written to MQTT sockets.");
