@@ -7,19 +7,16 @@ STARTTLS is negotiated both ways (self-signed certs, dialback authenticates).
 
 from __future__ import annotations
 
-import os
-import select
-import shutil
 import signal
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from ternclient import WAIT, Phone, new_id
+from ternclient import Phone, new_id
+from xmpp.ternproc import start_tern
 
 TERN_DOMAIN = "tern.test"
 S2S_ADDR = ("127.0.0.1", 5269)
@@ -57,72 +54,26 @@ class FedTern:
             return "(no log)"
 
 
-def _tern_binary() -> Path:
-    repo = Path(__file__).resolve().parents[3]
-    if os.environ.get("TERN_BIN"):
-        return Path(os.environ["TERN_BIN"])
-    path = Path(os.environ.get("CARGO_TARGET_DIR", "target")) / "debug" / "tern"
-    return path if path.is_absolute() else repo / path
-
-
 def _start_tern(tmp_path: Path, user_template: Path, routes: dict[str, str]) -> FedTern:
-    data_dir = tmp_path / "tern-data"
-    shutil.copytree(user_template, data_dir)
     route_lines = "\n".join(f'"{d}" = "{a}"' for d, a in routes.items())
-    cfg = tmp_path / "tern.toml"
-    cfg.write_text(
-        f'domain = "{TERN_DOMAIN}"\n'
-        f'data_dir = "{data_dir}"\n'
-        "[mqtt]\n"
-        'tcp = "127.0.0.1:0"\ntls = "off"\nws = "off"\n'
-        "[metrics]\n"
-        'listen = "off"\n'
-        "[s2s]\n"
-        f'listen = "{S2S_ADDR[0]}:{S2S_ADDR[1]}"\n'
-        'tls = "preferred"\n'
-        "[s2s.routes]\n"
-        f"{route_lines}\n"
-    )
-    log_path = tmp_path / "tern.log"
-    env = dict(os.environ)
-    env.setdefault("TERN_LOG", "info,tern=debug")
-    env.setdefault("NO_COLOR", "1")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [str(_tern_binary()), "--config", str(cfg), "serve"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            env=env,
+
+    def config(data_dir: Path) -> str:
+        return (
+            f'domain = "{TERN_DOMAIN}"\n'
+            f'data_dir = "{data_dir}"\n'
+            "[mqtt]\n"
+            'tcp = "127.0.0.1:0"\ntls = "off"\nws = "off"\n'
+            "[metrics]\n"
+            'listen = "off"\n'
+            "[s2s]\n"
+            f'listen = "{S2S_ADDR[0]}:{S2S_ADDR[1]}"\n'
+            'tls = "preferred"\n'
+            "[s2s.routes]\n"
+            f"{route_lines}\n"
         )
-    buf = b""
-    deadline = time.monotonic() + WAIT
-    while b"tern ready " not in buf or not buf.split(b"tern ready ", 1)[1].count(b"\n"):
-        left = deadline - time.monotonic()
-        r, _, _ = select.select([proc.stdout], [], [], max(left, 0))
-        chunk = os.read(proc.stdout.fileno(), 65536) if r else b""
-        if not chunk:
-            proc.kill()
-            proc.wait(timeout=5)
-            pytest.fail(f"tern did not get ready:\n{log_path.read_text(errors='replace')[-4000:]}")
-        buf += chunk
-    line = buf.split(b"tern ready ", 1)[1].split(b"\n", 1)[0].decode()
-    addrs = {}
-    for kv in line.split():
-        k, _, v = kv.partition("=")
-        host, _, port = v.rpartition(":")
-        if port.isdigit():
-            addrs[k] = (host, int(port))
-    assert addrs.get("s2s") == S2S_ADDR, line
 
-    def drain():
-        try:
-            while os.read(proc.stdout.fileno(), 65536):
-                pass
-        except (OSError, ValueError):
-            pass
-
-    threading.Thread(target=drain, daemon=True).start()
+    proc, addrs, log_path, data_dir = start_tern(tmp_path, user_template, config)
+    assert addrs.get("s2s") == S2S_ADDR, addrs
     return FedTern(data_dir=data_dir, proc=proc, tcp=addrs["tcp"], log_path=log_path)
 
 
