@@ -8,12 +8,44 @@ import shutil
 import subprocess
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
 from ternclient import WAIT
+
+
+@dataclass
+class TernProc:
+    """A running tern, as ternclient.Phone and the federation tests see it."""
+
+    data_dir: Path
+    proc: subprocess.Popen
+    tcp: tuple[str, int]
+    log_path: Path
+    domain: str
+    passwords: dict = field(default_factory=dict)
+    # ternclient.Phone reads these too; these tests run MQTT over TCP only.
+    tls: tuple | None = None
+    ws: tuple | None = None
+
+    @property
+    def cert(self) -> Path:
+        return self.data_dir / "tls" / "cert.pem"
+
+    def jid(self, user: str) -> str:
+        return f"{user}@{self.domain}"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, n: int = 80) -> str:
+        return "\n".join(self.log().splitlines()[-n:]) or "(no log)"
 
 
 def tern_binary() -> Path:

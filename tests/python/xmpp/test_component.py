@@ -13,13 +13,12 @@ import re
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from ternclient import Phone
-from xmpp.ternproc import start_tern
+from xmpp.ternproc import TernProc, start_tern
 
 TERN_DOMAIN = "tern.xmpp.test"
 PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-2", "carol": "carol-secret-3"}
@@ -27,29 +26,7 @@ XMPP_USERS = {"bob": "bob-xmpp-2", "carol": "carol-xmpp-3"}
 COMP_WAIT = 20.0
 
 
-@dataclass
-class CompTern:
-    data_dir: Path
-    proc: subprocess.Popen
-    tcp: tuple[str, int]
-    log_path: Path
-    domain: str = TERN_DOMAIN
-    passwords: dict = field(default_factory=lambda: dict(PASSWORDS))
-    tls: tuple | None = None
-    ws: tuple | None = None
-
-    @property
-    def cert(self) -> Path:
-        return self.data_dir / "tls" / "cert.pem"
-
-    def jid(self, user: str) -> str:
-        return f"{user}@{self.domain}"
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+CompTern = TernProc
 
 
 def _start_tern(tmp_path: Path, user_template: Path, server: tuple[str, int], secret: str) -> CompTern:
@@ -71,7 +48,7 @@ def _start_tern(tmp_path: Path, user_template: Path, server: tuple[str, int], se
         )
 
     proc, addrs, log_path, data_dir = start_tern(tmp_path, user_template, config)
-    return CompTern(data_dir=data_dir, proc=proc, tcp=addrs["tcp"], log_path=log_path)
+    return CompTern(data_dir, proc, addrs["tcp"], log_path, TERN_DOMAIN, dict(PASSWORDS))
 
 
 def _wait_log(tern: CompTern, needle: str, timeout: float = COMP_WAIT) -> None:

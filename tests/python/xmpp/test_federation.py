@@ -10,13 +10,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from ternclient import Phone, new_id
-from xmpp.ternproc import start_tern
+from xmpp.ternproc import TernProc, start_tern
 
 TERN_DOMAIN = "tern.test"
 S2S_ADDR = ("127.0.0.1", 5269)
@@ -27,31 +26,7 @@ XMPP_USERS = {"bob": "bob-xmpp-2", "carol": "carol-xmpp-3"}
 FED_WAIT = 20.0
 
 
-@dataclass
-class FedTern:
-    data_dir: Path
-    proc: subprocess.Popen
-    tcp: tuple[str, int]
-    log_path: Path
-    domain: str = TERN_DOMAIN
-    passwords: dict = field(default_factory=lambda: dict(PASSWORDS))
-
-    # ternclient.Phone reads these too; only TCP is on in this test.
-    tls: tuple | None = None
-    ws: tuple | None = None
-
-    @property
-    def cert(self) -> Path:
-        return self.data_dir / "tls" / "cert.pem"
-
-    def jid(self, user: str) -> str:
-        return f"{user}@{self.domain}"
-
-    def log_tail(self, n: int = 80) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
+FedTern = TernProc
 
 
 def _start_tern(tmp_path: Path, user_template: Path, routes: dict[str, str]) -> FedTern:
@@ -74,7 +49,7 @@ def _start_tern(tmp_path: Path, user_template: Path, routes: dict[str, str]) -> 
 
     proc, addrs, log_path, data_dir = start_tern(tmp_path, user_template, config)
     assert addrs.get("s2s") == S2S_ADDR, addrs
-    return FedTern(data_dir=data_dir, proc=proc, tcp=addrs["tcp"], log_path=log_path)
+    return FedTern(data_dir, proc, addrs["tcp"], log_path, TERN_DOMAIN, dict(PASSWORDS))
 
 
 @pytest.fixture
