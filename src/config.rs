@@ -61,18 +61,62 @@ pub enum S2sTls {
     Disabled,
 }
 
-/// Server-to-server federation (XMPP s2s with dialback).
-#[derive(Debug, Clone, Deserialize, Default)]
+/// Server-to-server federation (XMPP s2s: STARTTLS, certificates, dialback).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S2sConfig {
     /// Listener for peers' inbound streams (XMPP uses port 5269); `"off"` disables federation.
     pub listen: Listen,
-    /// Fixed routes, domain → `"host:port"`, tried before `<domain>:5269`.
+    /// Fixed routes, domain → `"host:port"`, tried before DNS.
     pub routes: std::collections::BTreeMap<String, String>,
     /// STARTTLS policy.
     pub tls: S2sTls,
     /// Dialback secret (XEP-0185); random at every start when unset.
     pub dialback_secret: Option<String>,
+    /// Trust anchors (PEM) for peers' certificates instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Whether a peer whose certificate does not verify may authenticate by dialback instead.
+    pub dialback_fallback: bool,
+    /// Nameserver (`"ip:port"`) for SRV and address lookups; the system's resolv.conf when unset.
+    pub dns_server: Option<SocketAddr>,
+    /// Seconds a stanza may wait for a stream to its peer before it bounces to the sender.
+    pub send_timeout_secs: u64,
+    /// First delay before reconnecting to a peer that failed; doubles up to `retry_max_secs`.
+    pub retry_min_secs: u64,
+    /// Longest delay between connection attempts to an unreachable peer.
+    pub retry_max_secs: u64,
+    /// Largest stanza a peer may send, in bytes; larger ones close its stream.
+    pub max_stanza_bytes: usize,
+    /// Sustained stanzas per second accepted from one peer stream.
+    pub max_stanzas_per_sec: u32,
+    /// Stanzas a peer may send in a burst above the sustained rate.
+    pub stanza_burst: u32,
+    /// Seconds of outbound silence before a whitespace keepalive.
+    pub keepalive_secs: u64,
+    /// Seconds without traffic in either direction before a stream is closed.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for S2sConfig {
+    fn default() -> Self {
+        S2sConfig {
+            listen: Listen(None),
+            routes: Default::default(),
+            tls: S2sTls::default(),
+            dialback_secret: None,
+            ca_file: None,
+            dialback_fallback: true,
+            dns_server: None,
+            send_timeout_secs: 60,
+            retry_min_secs: 1,
+            retry_max_secs: 300,
+            max_stanza_bytes: 256 * 1024,
+            max_stanzas_per_sec: 100,
+            stanza_burst: 200,
+            keepalive_secs: 60,
+            idle_timeout_secs: 900,
+        }
+    }
 }
 
 /// A listener address, or `"off"`.
@@ -267,6 +311,22 @@ impl Config {
                 "component mode replaces s2s: set s2s.listen = \"off\" or remove [component]"
             );
         }
+        let s2s = &self.s2s;
+        anyhow::ensure!(
+            s2s.max_stanza_bytes >= 10_000,
+            "s2s.max_stanza_bytes must be at least 10000 (RFC 6120 §13.12)"
+        );
+        anyhow::ensure!(s2s.max_stanzas_per_sec >= 1, "s2s.max_stanzas_per_sec must be at least 1");
+        anyhow::ensure!(
+            (1..=s2s.retry_max_secs).contains(&s2s.retry_min_secs),
+            "s2s.retry_min_secs must be 1..=retry_max_secs"
+        );
+        anyhow::ensure!(s2s.send_timeout_secs >= 1, "s2s.send_timeout_secs must be at least 1");
+        anyhow::ensure!(s2s.keepalive_secs >= 1, "s2s.keepalive_secs must be at least 1");
+        anyhow::ensure!(
+            s2s.idle_timeout_secs > s2s.keepalive_secs,
+            "s2s.idle_timeout_secs must exceed keepalive_secs"
+        );
         anyhow::ensure!(self.mqtt.max_packet >= 1024, "mqtt.max_packet must be at least 1024");
         anyhow::ensure!(
             (1..=65_000).contains(&self.mqtt.max_inflight),
@@ -323,6 +383,7 @@ mod tests {
         assert_eq!(c.s2s.listen, d.s2s.listen);
         assert_eq!(c.s2s.tls, d.s2s.tls);
         assert!(c.s2s.routes.is_empty());
+        assert_eq!(format!("{:?}", c.s2s), format!("{:?}", d.s2s));
     }
 
     #[test]

@@ -34,6 +34,7 @@ async fn node(
         routes: routes.iter().map(|(d, a)| (d.to_string(), a.clone())).collect(),
         tls,
         dialback_secret: None,
+        ..S2sConfig::default()
     };
     let (cert, key) = (dir.join(format!("{domain}.crt")), dir.join(format!("{domain}.key")));
     crate::tls::write_self_signed(&cert, &key, &[domain.to_owned()]).unwrap();
