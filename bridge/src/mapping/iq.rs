@@ -2,7 +2,7 @@
 //! and on behalf of its users' accounts and devices, which never see iqs (RFC 6120 §8.2.3).
 
 use super::{
-    NS_CHATSTATES, NS_CHAT_MARKERS, NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, NS_RECEIPTS, NS_VERSION,
+    caps, NS_CHATSTATES, NS_CHAT_MARKERS, NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, NS_RECEIPTS, NS_VERSION,
 };
 use crate::stanza::{Condition, Iq, IqType, StanzaError};
 use crate::stream::Element;
@@ -30,20 +30,21 @@ pub fn answer_iq(iq: &Iq, our_domain: &str, version: &str) -> Option<Iq> {
     };
     match (payload.ns(), payload.name()) {
         (NS_DISCO_INFO, "query") => {
-            // No entity here has nodes (XEP-0030 §3.2), so any node is unknown.
-            if payload.attr("node").is_some() {
-                return Some(iq.error_reply(StanzaError::new(Condition::ItemNotFound)));
-            }
-            let (category, type_) = match &iq.to {
-                Some(to) if to.local().is_some() && to.resource().is_some() => ("client", "phone"),
-                Some(to) if to.local().is_some() => ("account", "registered"),
-                _ => ("server", "im"),
+            let identity = match (&iq.to, payload.attr("node")) {
+                // The only node anything here has is the caps node of a device (XEP-0115
+                // §6.2), which any entity of ours may be asked about.
+                (_, Some(node)) if node == caps::device_node() => caps::DEVICE_IDENTITY,
+                (_, Some(_)) => return Some(iq.error_reply(StanzaError::new(Condition::ItemNotFound))),
+                (Some(to), None) if to.local().is_some() && to.resource().is_some() => caps::DEVICE_IDENTITY,
+                (Some(to), None) if to.local().is_some() => ("account", "registered", "tern"),
+                _ => ("server", "im", "tern"),
             };
-            let mut query = Element::new("query", NS_DISCO_INFO).with_child(
+            let (category, type_, name) = identity;
+            let mut query = payload_shell(payload).with_child(
                 Element::new("identity", NS_DISCO_INFO)
                     .with_attr("category", category)
                     .with_attr("type", type_)
-                    .with_attr("name", "tern"),
+                    .with_attr("name", name),
             );
             for var in FEATURES {
                 query.push_child(Element::new("feature", NS_DISCO_INFO).with_attr("var", var));

@@ -159,6 +159,9 @@ fn presence_stanza(sender: &Jid, id: Option<String>, p: &v1::Presence) -> Result
         presence::Show::Xa => pres.show = Some(Show::Xa),
     }
     pres.priority = priority;
+    // Available presence carries entity caps (XEP-0115 §4), so a peer's client resolves what
+    // a phone supports once per tern version, not with a disco#info per contact.
+    pres.payloads.push(super::caps::caps_element());
     Ok(pres)
 }
 

@@ -95,8 +95,12 @@ fn outbound_presence_and_subscription() {
     };
     assert_eq!(
         out_xml("p1", up::Body::Presence(away)),
-        "<presence xmlns='jabber:server' from='alice@tern.test/phone' id='p1'><show>away</show>\
-         <status>lunch</status><priority>5</priority></presence>"
+        format!(
+            "<presence xmlns='jabber:server' from='alice@tern.test/phone' id='p1'><show>away</show>\
+             <status>lunch</status><priority>5</priority>\
+             <c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='urn:tern:caps' ver='{}'/></presence>",
+            caps::device_ver()
+        )
     );
     let offline = v1::Presence {
         peer: "room@muc.example.org/alice".into(),
@@ -371,6 +375,30 @@ fn answers_disco_info() {
          <query xmlns='http://jabber.org/protocol/disco#info' node='http://x#y'/></iq>",
     );
     assert!(node.unwrap().contains("<item-not-found "));
+}
+
+#[test]
+fn answers_the_caps_node_with_what_the_hash_covers() {
+    let node = caps::device_node();
+    let got = answer(&format!(
+        "<iq xmlns='jabber:server' from='romeo@montague.example/x' to='alice@tern.test/phone' id='c1' \
+         type='get'><query xmlns='http://jabber.org/protocol/disco#info' node='{node}'/></iq>"
+    ))
+    .unwrap();
+    assert_eq!(
+        got,
+        format!(
+            "<iq xmlns='jabber:server' from='alice@tern.test/phone' to='romeo@montague.example/x' id='c1' \
+             type='result'><query xmlns='http://jabber.org/protocol/disco#info' node='{node}'>\
+             <identity category='client' type='phone' name='tern'/>{FEATURE_XML}</query></iq>"
+        )
+    );
+    // A node with another ver (an older tern, or a guess) is unknown.
+    let stale = answer(
+        "<iq xmlns='jabber:server' from='r@m' to='alice@tern.test/phone' id='c2' type='get'>\
+         <query xmlns='http://jabber.org/protocol/disco#info' node='urn:tern:caps#AAAA'/></iq>",
+    );
+    assert!(stale.unwrap().contains("<item-not-found "));
 }
 
 #[test]
