@@ -17,7 +17,7 @@ use crate::core::session::{Action, Applied, Identity, LoginOk, Session, SessionC
 use crate::envelope::EnvelopeError;
 use crate::hub::Hub;
 use crate::ids::Seq;
-use crate::mqtt::{CloseReason, Codec, CodecError, ConnCode, Outbound};
+use crate::mqtt::{CloseReason, Codec, CodecError, ConnCode, Inbound, Outbound};
 use crate::net::registry::{Claim, Registry};
 use crate::topic;
 
@@ -71,6 +71,7 @@ where
     metrics::counter!("tern_connections_total", "listener" => listener).increment(1);
     if !shared.registry.try_connect(shared.max_connections) {
         metrics::counter!("tern_connections_refused_total", "reason" => "max_connections").increment(1);
+        refuse_busy(stream).await;
         return;
     }
     metrics::gauge!("tern_connections").increment(1.0);
@@ -92,6 +93,39 @@ where
     shared.registry.disconnect();
     metrics::gauge!("tern_connections").decrement(1.0);
 }
+
+/// How long a connection refused for `max_connections` may take to send its CONNECT.
+const REFUSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Over `max_connections`: reads the CONNECT (briefly, and only a small one) so the client gets
+/// a CONNACK in its own protocol version saying "server unavailable", which well-behaved
+/// clients back off from, instead of a bare close that many retry at once.
+async fn refuse_busy<S: AsyncRead + AsyncWrite + Unpin + Send>(mut stream: S) {
+    let mut codec = Codec::new(REFUSE_MAX_CONNECT);
+    let mut rbuf = BytesMut::with_capacity(256);
+    let _ = tokio::time::timeout(REFUSE_WAIT, async {
+        while stream.read_buf(&mut rbuf).await? > 0 {
+            match codec.decode(&mut rbuf) {
+                Ok(None) => continue,
+                Ok(Some(Inbound::Connect(_))) => {
+                    let mut out = BytesMut::new();
+                    let refusal =
+                        Outbound::ConnAck { session_present: false, code: ConnCode::ServerUnavailable };
+                    codec.encode(refusal, &mut out);
+                    stream.write_all(&out).await?;
+                    stream.shutdown().await?;
+                    break;
+                }
+                Ok(Some(_)) | Err(_) => break,
+            }
+        }
+        std::io::Result::Ok(())
+    })
+    .await;
+}
+
+/// The largest CONNECT read from a refused connection (a token or password fits easily).
+const REFUSE_MAX_CONNECT: usize = 4096;
 
 struct Driver {
     session: Session,
@@ -355,5 +389,39 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => tokio::time::sleep(Duration::from_secs(3600)).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a refused client reads after sending `connect`.
+    async fn refusal_for(connect: &[u8]) -> Vec<u8> {
+        let (client, server) = tokio::io::duplex(1024);
+        let task = tokio::spawn(refuse_busy(server));
+        let (mut rd, mut wr) = tokio::io::split(client);
+        wr.write_all(connect).await.unwrap();
+        let mut got = Vec::new();
+        rd.read_to_end(&mut got).await.unwrap();
+        task.await.unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn a_busy_server_answers_each_version_with_server_unavailable() {
+        let v4 = [0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 1, b'a'];
+        assert_eq!(refusal_for(&v4).await, [0x20, 2, 0, 3], "v4 return code 3");
+        let v5 = [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 0, 1, b'a'];
+        let got = refusal_for(&v5).await;
+        assert_eq!((got[0], got[2], got[3]), (0x20, 0, 0x88), "v5 reason 0x88: {got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_busy_server_just_closes_on_garbage_or_silence() {
+        assert_eq!(refusal_for(&[0xff; 8]).await, Vec::<u8>::new());
+        // A client that never sends its CONNECT is dropped after REFUSE_WAIT.
+        let (_client, server) = tokio::io::duplex(64);
+        tokio::time::timeout(REFUSE_WAIT * 3, refuse_busy(server)).await.expect("gives up by itself");
     }
 }
