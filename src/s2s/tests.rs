@@ -38,8 +38,7 @@ async fn node(
     };
     let (cert, key) = (dir.join(format!("{domain}.crt")), dir.join(format!("{domain}.key")));
     crate::tls::write_self_signed(&cert, &key, &[domain.to_owned()]).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&cert, &key).unwrap());
-    let s2s = S2s::new(domain, &config, Some(acceptor)).unwrap();
+    let s2s = S2s::new(domain, &config, Some(crate::tls::Identity::load(&cert, &key).unwrap())).unwrap();
     let (stx, stanzas) = mpsc::unbounded_channel();
     let (btx, bounces) = mpsc::unbounded_channel();
     s2s.set_sinks(
