@@ -12,8 +12,6 @@ Prosody's hosts file maps tern.test to; tern reaches xmpp.test through a fixed r
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,14 +107,7 @@ def start_federation(request, prosody_factory, user_template, tmp_path, pki):
 
     yield start
     for tern in terns:
-        print(f"--- tern log (tail) ---\n{tern.log_tail()}")
-        if tern.proc.poll() is None:
-            tern.proc.send_signal(signal.SIGTERM)
-            try:
-                tern.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                tern.proc.kill()
-                tern.proc.wait(timeout=5)
+        tern.stop()
 
 
 @pytest.fixture
