@@ -301,4 +301,4 @@ fn children(mut input: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
 
 #[cfg(test)]
 #[path = "certs_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -10,12 +10,13 @@ use super::*;
 const XMPP_ADDR: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 8, 5];
 const SRV_NAME: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 8, 7];
 
-struct Ca {
-    cert: rcgen::Certificate,
+/// A throwaway CA (also used by the tern ⇄ tern tests in `s2s::tests`).
+pub(crate) struct Ca {
+    pub(crate) cert: rcgen::Certificate,
     key: KeyPair,
 }
 
-fn ca() -> Ca {
+pub(crate) fn ca() -> Ca {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.distinguished_name.push(rcgen::DnType::CommonName, "test federation CA");
@@ -25,7 +26,7 @@ fn ca() -> Ca {
 }
 
 /// A leaf with `sans`, signed by `ca` (or self-signed).
-fn leaf(ca: Option<&Ca>, sans: Vec<SanType>) -> OwnIdentity {
+pub(crate) fn leaf(ca: Option<&Ca>, sans: Vec<SanType>) -> OwnIdentity {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.subject_alt_names = sans;
     let key = KeyPair::generate().unwrap();
@@ -37,7 +38,7 @@ fn leaf(ca: Option<&Ca>, sans: Vec<SanType>) -> OwnIdentity {
     OwnIdentity { certs: vec![cert.der().clone()], key }
 }
 
-fn dns(name: &str) -> SanType {
+pub(crate) fn dns(name: &str) -> SanType {
     SanType::DnsName(name.try_into().unwrap())
 }
 

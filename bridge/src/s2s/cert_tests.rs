@@ -303,6 +303,17 @@ fn inbound_accepts_external_with_an_empty_authzid() {
 }
 
 #[test]
+fn data_pipelined_after_an_accepted_auth_is_dropped() {
+    let mut early = String::new();
+    message(A, "bob@b.example", "pipelined").write_in_stream(crate::stream::NS_SERVER, &mut early);
+    let (wire, events) =
+        scripted_inbound(config(B, "secret-b"), trusted_for(A), &format!("{}{early}", auth("EXTERNAL", "=")));
+    assert!(wire.ends_with("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"), "{wire}");
+    assert!(stanzas(&events).is_empty(), "{events:?}");
+    assert_eq!(authenticated(&events).len(), 1);
+}
+
+#[test]
 fn stanza_before_external_is_not_authorized() {
     let mut early = String::new();
     message(A, "bob@b.example", "early").write_in_stream(crate::stream::NS_SERVER, &mut early);

@@ -92,9 +92,11 @@ impl Inbound {
             Ok(events) => events,
             Err(err) => return self.fail(err, now),
         };
+        self.conn.restarted = false;
         for event in events {
-            // Anything pipelined after `<starttls/>` predates TLS and is dropped unread.
-            if matches!(self.state, State::Done | State::AwaitTls) {
+            // Anything pipelined after `<starttls/>` predates TLS and is dropped unread; so is
+            // anything after an `<auth/>` we accepted.
+            if self.conn.restarted || matches!(self.state, State::Done | State::AwaitTls) {
                 break;
             }
             self.handle_event(event, now);
@@ -119,6 +121,7 @@ impl Inbound {
     /// Expects the peer's next stream header, which gets `stream_id`.
     fn restart(&mut self, stream_id: String) {
         self.conn.decoder.reset();
+        self.conn.restarted = true;
         self.stream_id = stream_id;
         self.header_sent = false;
         self.state = State::AwaitHeader;

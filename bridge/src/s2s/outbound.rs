@@ -138,10 +138,12 @@ impl Outbound {
             Ok(events) => events,
             Err(err) => return self.fail(Failure::Sent(err), now),
         };
+        self.conn.restarted = false;
         for event in events {
             // After `<proceed/>` anything else in the same read predates TLS and must not be
-            // trusted (the STARTTLS command-injection class of bugs), so it is dropped.
-            if matches!(self.state, State::Done | State::AwaitTls) {
+            // trusted (the STARTTLS command-injection class of bugs), so it is dropped; the
+            // same goes for anything after `<success/>`, which predates the stream restart.
+            if self.conn.restarted || matches!(self.state, State::Done | State::AwaitTls) {
                 break;
             }
             self.handle_event(event, now);
@@ -162,6 +164,7 @@ impl Outbound {
     /// Opens a fresh stream on the same connection (after TLS or SASL).
     fn restart(&mut self, now: Instant) {
         self.conn.decoder.reset();
+        self.conn.restarted = true;
         self.stream_id.clear();
         self.state = State::AwaitHeader;
         self.send_header(now);
