@@ -61,7 +61,7 @@ def _tern_ip() -> str:
 
 
 @pytest.fixture
-def start_federation(request, prosody_factory, user_template, tmp_path, pki):
+def start_federation(prosody_factory, user_template, tmp_path, pki):
     """start(fallback=, prosody_signed=, **ProsodyServer kwargs) -> (tern, prosody).
 
     prosody_signed: Prosody gets a certificate from the test CA and trusts that CA;
