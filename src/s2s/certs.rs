@@ -219,18 +219,18 @@ fn identities(cert: &[u8]) -> Vec<Identity> {
 
 /// The contents of the subjectAltName extension value (a GeneralNames SEQUENCE).
 fn san(cert: &[u8]) -> Option<&[u8]> {
-    let (cert, _) = expect(cert, SEQUENCE)?;
-    let (tbs, _) = expect(cert, SEQUENCE)?;
+    let (cert, _) = tagged(cert, SEQUENCE)?;
+    let (tbs, _) = tagged(cert, SEQUENCE)?;
     let explicit = children(tbs).find(|(tag, _)| *tag == EXTENSIONS)?.1;
-    let (exts, _) = expect(explicit, SEQUENCE)?;
+    let (exts, _) = tagged(explicit, SEQUENCE)?;
     children(exts).filter(|(tag, _)| *tag == SEQUENCE).find_map(|(_, ext)| {
-        let (oid, rest) = expect(ext, OID)?;
+        let (oid, rest) = tagged(ext, OID)?;
         if oid != OID_SAN {
             return None;
         }
         // `critical BOOLEAN DEFAULT FALSE` may sit between the OID and the value.
         let value = children(rest).find(|(tag, _)| *tag == OCTET_STRING)?.1;
-        Some(expect(value, SEQUENCE)?.0)
+        Some(tagged(value, SEQUENCE)?.0)
     })
 }
 
@@ -239,12 +239,12 @@ fn general_names(names: &[u8]) -> Vec<Identity> {
         .filter_map(|(tag, value)| match tag {
             DNS_NAME => text(value).map(Identity::Dns),
             OTHER_NAME => {
-                let (oid, rest) = expect(value, OID)?;
-                let (inner, _) = expect(rest, EXPLICIT_0)?;
+                let (oid, rest) = tagged(value, OID)?;
+                let (inner, _) = tagged(rest, EXPLICIT_0)?;
                 let (&string_tag, _) = inner.split_first()?;
                 // RFC 4985 says IA5String for SRVName; some issuers write UTF8String.
                 let (string, _) = match string_tag {
-                    UTF8_STRING | IA5_STRING => expect(inner, string_tag)?,
+                    UTF8_STRING | IA5_STRING => tagged(inner, string_tag)?,
                     _ => return None,
                 };
                 match oid {
@@ -285,7 +285,7 @@ fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 }
 
 /// The contents of a TLV with `tag` at the start of `input`, and what follows it.
-fn expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+fn tagged(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     let (t, contents, rest) = tlv(input)?;
     (t == tag).then_some((contents, rest))
 }
