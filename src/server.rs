@@ -77,7 +77,13 @@ pub async fn start(config: Config) -> anyhow::Result<Bound> {
         shared.hub.attach_s2s(s2s.clone());
         s2s.start();
     } else if let Some(addr) = config.s2s.listen.0 {
-        let tls = if config.s2s.tls == crate::config::S2sTls::Disabled { None } else { Some(acceptor()?) };
+        let tls = if config.s2s.tls == crate::config::S2sTls::Disabled {
+            None
+        } else {
+            acceptor()?; // makes the development certificate when none is configured
+            let (cert, key) = config.tls_paths();
+            Some(crate::tls::Identity::load(&cert, &key)?)
+        };
         let s2s = crate::s2s::S2s::new(&domain_name, &config.s2s, tls)?;
         shared.hub.attach_s2s(s2s.clone());
         let (local, accept) = crate::s2s::inbound::bind(addr, s2s).await?;

@@ -10,10 +10,24 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 
+/// tern's own certificate chain and key, as loaded from the `[tls]` PEM files.
+pub struct Identity {
+    /// The chain, end entity first.
+    pub certs: Vec<CertificateDer<'static>>,
+    /// The private key of the end entity.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    /// Reads the chain and key from PEM files (cert chain, then PKCS#8/RSA/SEC1 key).
+    pub fn load(cert_pem: &Path, key_pem: &Path) -> anyhow::Result<Identity> {
+        Ok(Identity { certs: read_certs(cert_pem)?, key: read_key(key_pem)? })
+    }
+}
+
 /// Builds a rustls server config from PEM files (cert chain, then PKCS#8/RSA/SEC1 key). ALPN is left empty.
 pub fn server_config(cert_pem: &Path, key_pem: &Path) -> anyhow::Result<Arc<ServerConfig>> {
-    let certs = read_certs(cert_pem)?;
-    let key = read_key(key_pem)?;
+    let Identity { certs, key } = Identity::load(cert_pem, key_pem)?;
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("ring provider does not support the default TLS versions")?
@@ -52,7 +66,8 @@ pub fn provider() -> Arc<CryptoProvider> {
     PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())).clone()
 }
 
-fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+/// The PEM certificates in `path`, at least one.
+pub(crate) fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let file = File::open(path).with_context(|| format!("opening TLS certificate {}", path.display()))?;
     let certs = rustls_pemfile::certs(&mut BufReader::new(file))
         .collect::<Result<Vec<_>, _>>()

@@ -60,7 +60,10 @@ async fn run(s2s: Arc<S2s>, tcp: TcpStream, remote: SocketAddr) {
                     let upgraded = match (sock.take(), s2s.acceptor.as_ref()) {
                         (Some(plain), Some(acceptor)) => {
                             match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(plain)).await {
-                                Ok(Ok(tls)) => Some(Box::new(tls) as Box<dyn Io>),
+                                Ok(Ok(tls)) => {
+                                    let cert = s2s.trust.examine(tls.get_ref().1.peer_certificates());
+                                    Some((Box::new(tls) as Box<dyn Io>, cert))
+                                }
                                 Ok(Err(e)) => {
                                     tracing::info!(%remote, error = %e, "s2s inbound TLS handshake failed");
                                     None
@@ -71,9 +74,9 @@ async fn run(s2s: Arc<S2s>, tcp: TcpStream, remote: SocketAddr) {
                         _ => None,
                     };
                     match upgraded {
-                        Some(tls) => {
+                        Some((tls, cert)) => {
                             sock = Some(tls);
-                            machine.tls_established(&stream_id());
+                            machine.tls_established(&stream_id(), cert);
                         }
                         None => machine.close(Instant::now()),
                     }
@@ -87,6 +90,9 @@ async fn run(s2s: Arc<S2s>, tcp: TcpStream, remote: SocketAddr) {
                         let valid = answer.await.unwrap_or(false);
                         let _ = tx.send((from, to, valid));
                     });
+                }
+                Output::Authenticated { remote: domain, local, method } => {
+                    tracing::info!(%remote, peer = domain, local, ?method, "s2s inbound peer authenticated");
                 }
                 Output::Failed(f) => tracing::info!(%remote, failure = ?f, "s2s inbound stream failed"),
                 Output::Close => closed = true,

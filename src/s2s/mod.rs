@@ -5,15 +5,19 @@
 //! `net/conn.rs` does for MQTT:
 //!
 //! * [`outbound`]: one task per peer domain, started by the first [`S2s::send`] to it. It
-//!   connects (fixed route, else `<domain>:5269`), negotiates STARTTLS and dialback, then
+//!   connects (fixed route, else `<domain>:5269`), negotiates STARTTLS, then SASL EXTERNAL
+//!   or dialback, then
 //!   carries our stanzas and our `<db:verify/>` requests. When it ends, whatever was never
 //!   sent goes to the bounce callback; the next send starts a new task.
 //! * [`inbound`]: the listener and one task per peer connection. Stanzas from authenticated
 //!   peers go to the stanza callback (the hub); dialback keys are checked with the claimed
 //!   domain's authoritative server over an outbound stream.
+//! * [`certs`]: TLS configs that let any certificate through the handshake, and the chain
+//!   check after it whose verdict the machines use (XEP-0178, with dialback as fallback).
 //! * [`component`]: instead of both, with `[component]` configured: one XEP-0114 stream to
 //!   one server carries every stanza both ways (`bridge::component::Connection`).
 
+pub mod certs;
 pub mod component;
 pub mod inbound;
 pub mod keyer;
@@ -64,6 +68,8 @@ pub struct S2s {
     routes: BTreeMap<String, String>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     connector: tokio_rustls::TlsConnector,
+    /// The anchors peers' certificates are checked against after each handshake.
+    trust: certs::Trust,
     peers: Mutex<HashMap<String, mpsc::UnboundedSender<Cmd>>>,
     on_stanza: OnceLock<StanzaSink>,
     on_bounce: OnceLock<BounceSink>,
@@ -72,14 +78,14 @@ pub struct S2s {
 }
 
 impl S2s {
-    /// A service for our domain `local`. `acceptor` is the server TLS config offered to
-    /// inbound peers (`None` when TLS is disabled).
+    /// A service for our domain `local`. `tls` is our certificate and key, offered to
+    /// inbound peers and presented on outbound streams (`None` when TLS is disabled).
     pub fn new(
         local: &str,
         config: &crate::config::S2sConfig,
-        acceptor: Option<tokio_rustls::TlsAcceptor>,
+        tls: Option<crate::tls::Identity>,
     ) -> anyhow::Result<Arc<S2s>> {
-        Ok(Arc::new(S2s::build(local, config, acceptor)?))
+        Ok(Arc::new(S2s::build(local, config, tls)?))
     }
 
     /// Component mode (XEP-0114): tern is the external component `config.domain` of the
@@ -109,7 +115,7 @@ impl S2s {
     fn build(
         local: &str,
         config: &crate::config::S2sConfig,
-        acceptor: Option<tokio_rustls::TlsAcceptor>,
+        tls: Option<crate::tls::Identity>,
     ) -> anyhow::Result<S2s> {
         let secret = match &config.dialback_secret {
             Some(s) => s.as_bytes().to_vec(),
@@ -127,13 +133,20 @@ impl S2s {
             S2sTls::Preferred => TlsPolicy::Preferred,
             S2sTls::Disabled => TlsPolicy::Disabled,
         };
-        let acceptor = if machine.tls == TlsPolicy::Disabled { None } else { acceptor };
+        let tls = if machine.tls == TlsPolicy::Disabled { None } else { tls };
+        machine.dialback_fallback = config.dialback_fallback;
+        machine.client_cert = tls.is_some();
+        let acceptor = match &tls {
+            Some(own) => Some(tokio_rustls::TlsAcceptor::from(certs::server_config(own)?)),
+            None => None,
+        };
         Ok(S2s {
             local: local.to_owned(),
             machine,
             routes: config.routes.clone(),
             acceptor,
-            connector: tokio_rustls::TlsConnector::from(client_config()?),
+            connector: tokio_rustls::TlsConnector::from(certs::client_config(tls.as_ref())?),
+            trust: certs::Trust::load(config.ca_file.as_deref())?,
             peers: Mutex::new(HashMap::new()),
             on_stanza: OnceLock::new(),
             on_bounce: OnceLock::new(),
@@ -237,61 +250,6 @@ pub(crate) fn stream_id() -> String {
     let mut b = [0u8; 16];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn client_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let provider = crate::tls::provider();
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-/// Accepts any server certificate, checking only that the handshake signatures are sound.
-///
-/// Why: on s2s, tern authenticates peers with dialback (XEP-0220), which proves a domain
-/// through DNS and a callback, not through the certificate; that is also how Prosody and
-/// ejabberd federate with `s2s_secure_auth = false`, and most small XMPP servers present
-/// self-signed or mismatched certificates. TLS here only protects against passive
-/// eavesdropping. Certificate-based authentication (SASL EXTERNAL, XEP-0178) is future work.
-#[derive(Debug)]
-struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tern_bridge::s2s::{Failure, Outbound, Output};
+use tern_bridge::s2s::{Failure, Outbound, Output, PeerCert};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -80,14 +80,17 @@ async fn drive(
                         None => None,
                     };
                     match upgraded {
-                        Some(tls) => {
+                        Some((tls, cert)) => {
                             sock = Some(tls);
-                            machine.tls_established(Instant::now());
+                            machine.tls_established(cert, Instant::now());
                         }
                         None => machine.close(Instant::now()),
                     }
                 }
-                Output::Ready => tracing::info!(peer, "s2s outbound stream ready"),
+                Output::Ready => {
+                    let method = machine.auth_method();
+                    tracing::info!(peer, ?method, "s2s outbound stream ready");
+                }
                 Output::VerifyResult { from, to, id, valid } => {
                     let key = (from, to, id);
                     if let Some(i) = verifies.iter().position(|(k, _)| *k == key) {
@@ -103,7 +106,7 @@ async fn drive(
                 }
                 Output::Bounced(stanzas) => s2s.bounce(stanzas, reason),
                 Output::Close => closed = true,
-                Output::Stanza(_) | Output::VerifyDialback { .. } => {}
+                Output::Stanza(_) | Output::VerifyDialback { .. } | Output::Authenticated { .. } => {}
             }
         }
         if closed {
@@ -144,10 +147,15 @@ async fn drive(
     }
 }
 
-async fn starttls(s2s: &S2s, peer: &str, plain: Box<dyn Io>) -> Option<Box<dyn Io>> {
+/// The TLS handshake, and the verdict on the peer's certificate for the machine.
+async fn starttls(s2s: &S2s, peer: &str, plain: Box<dyn Io>) -> Option<(Box<dyn Io>, PeerCert)> {
     let name = rustls::pki_types::ServerName::try_from(peer.to_owned()).ok()?;
     match tokio::time::timeout(CONNECT_TIMEOUT, s2s.connector.connect(name, plain)).await {
-        Ok(Ok(tls)) => Some(Box::new(tls)),
+        Ok(Ok(tls)) => {
+            let cert = s2s.trust.examine(tls.get_ref().1.peer_certificates());
+            tracing::debug!(peer, verdict = ?cert.check(peer), "s2s peer certificate");
+            Some((Box::new(tls), cert))
+        }
         Ok(Err(e)) => {
             tracing::info!(peer, error = %e, "s2s outbound TLS handshake failed");
             None

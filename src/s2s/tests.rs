@@ -29,17 +29,26 @@ async fn node(
     tls: S2sTls,
     dir: &std::path::Path,
 ) -> Node {
+    let (cert, key) = (dir.join(format!("{domain}.crt")), dir.join(format!("{domain}.key")));
+    crate::tls::write_self_signed(&cert, &key, &[domain.to_owned()]).unwrap();
+    let own = crate::tls::Identity::load(&cert, &key).unwrap();
+    node_with(domain, port, routes, S2sConfig { tls, ..S2sConfig::default() }, own).await
+}
+
+/// A node with `config` (listen and routes filled in) presenting the certificate `own`.
+async fn node_with(
+    domain: &str,
+    port: u16,
+    routes: &[(&str, String)],
+    config: S2sConfig,
+    own: crate::tls::Identity,
+) -> Node {
     let config = S2sConfig {
         listen: crate::config::Listen(Some(format!("127.0.0.1:{port}").parse().unwrap())),
         routes: routes.iter().map(|(d, a)| (d.to_string(), a.clone())).collect(),
-        tls,
-        dialback_secret: None,
-        ..S2sConfig::default()
+        ..config
     };
-    let (cert, key) = (dir.join(format!("{domain}.crt")), dir.join(format!("{domain}.key")));
-    crate::tls::write_self_signed(&cert, &key, &[domain.to_owned()]).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&cert, &key).unwrap());
-    let s2s = S2s::new(domain, &config, Some(acceptor)).unwrap();
+    let s2s = S2s::new(domain, &config, Some(own)).unwrap();
     let (stx, stanzas) = mpsc::unbounded_channel();
     let (btx, bounces) = mpsc::unbounded_channel();
     s2s.set_sinks(
@@ -93,6 +102,58 @@ async fn two_terns_federate_with_starttls_and_dialback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_terns_federate_in_plaintext() {
     federate(S2sTls::Disabled).await;
+}
+
+/// Two nodes whose certificates come from one CA that both trust, neither allowing dialback:
+/// only SASL EXTERNAL (XEP-0178) can carry stanzas either way. `b_signed: false` gives b a
+/// self-signed certificate instead.
+async fn cert_pair(dir: &std::path::Path, b_signed: bool) -> (Node, Node) {
+    use super::certs::tests::{ca, dns, leaf};
+    let ca = ca();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+    let strict = S2sConfig {
+        tls: S2sTls::Required,
+        ca_file: Some(ca_file),
+        dialback_fallback: false,
+        ..S2sConfig::default()
+    };
+    let (pa, pb) = (free_port(), free_port());
+    let b_cert = leaf(b_signed.then_some(&ca), vec![dns("b.test")]);
+    let a_routes = [("b.test", format!("127.0.0.1:{pb}"))];
+    let a = node_with("a.test", pa, &a_routes, strict.clone(), leaf(Some(&ca), vec![dns("a.test")])).await;
+    let b = node_with("b.test", pb, &[("a.test", format!("127.0.0.1:{pa}"))], strict, b_cert).await;
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_terns_federate_with_certificates_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = cert_pair(dir.path(), true).await;
+    let wait = Duration::from_secs(10);
+    a.s2s.send("b.test", chat("alice@a.test/p", "bob@b.test", "m1", "by certificate"));
+    let got = tokio::time::timeout(wait, b.stanzas.recv()).await.expect("stanza in time").unwrap();
+    assert_eq!(got.attr("id"), Some("m1"));
+    b.s2s.send("a.test", chat("bob@b.test/x", "alice@a.test", "r1", "likewise"));
+    let got = tokio::time::timeout(wait, a.stanzas.recv()).await.expect("reply in time").unwrap();
+    assert_eq!(got.attr("id"), Some("r1"));
+    assert!(a.bounces.try_recv().is_err() && b.bounces.try_recv().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_peer_without_fallback_bounces() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = cert_pair(dir.path(), false).await;
+    let wait = Duration::from_secs(10);
+    // a refuses b's self-signed server certificate…
+    a.s2s.send("b.test", chat("alice@a.test/p", "bob@b.test", "m1", "not to you"));
+    let (els, why) = tokio::time::timeout(wait, a.bounces.recv()).await.expect("bounce in time").unwrap();
+    assert_eq!((els[0].attr("id"), why), (Some("m1"), BounceReason::NotFound));
+    // …and b, whose client certificate a cannot verify, is refused dialback (policy-violation).
+    b.s2s.send("a.test", chat("bob@b.test/x", "alice@a.test", "r1", "let me in"));
+    let (els, _) = tokio::time::timeout(wait, b.bounces.recv()).await.expect("bounce in time").unwrap();
+    assert_eq!(els[0].attr("id"), Some("r1"));
+    assert!(a.stanzas.try_recv().is_err() && b.stanzas.try_recv().is_err());
 }
 
 #[tokio::test]

@@ -24,6 +24,9 @@ pub(super) struct Conn {
     pub closed: bool,
     /// Whether TLS has been established on this connection.
     pub tls: bool,
+    /// Set when the stream restarts (after SASL) in the middle of a read: the rest of that
+    /// read was sent before the peer saw the restart, so it is dropped unread.
+    pub restarted: bool,
 }
 
 impl Conn {
@@ -38,6 +41,7 @@ impl Conn {
             writable: false,
             closed: false,
             tls: false,
+            restarted: false,
         }
     }
 

@@ -1,17 +1,15 @@
-//! The receiving side of a server-to-server stream (RFC 6120 §4–5, §13; XEP-0220 §2): header
-//! checks, STARTTLS, dialback verdicts, the authoritative `<db:verify/>` role, and validated
-//! stanzas from the peer.
+//! The receiving side of a server-to-server stream (RFC 6120 §4–6, §13; XEP-0178; XEP-0220 §2):
+//! header checks, STARTTLS, SASL EXTERNAL, dialback verdicts, the authoritative `<db:verify/>`
+//! role, and validated stanzas from the peer.
 
 use std::time::Instant;
 
 use super::conn::{check_header, peer_error, Conn};
 use super::dialback::{answer_verify, result_answer};
-use super::{Config, Failure, Output, TlsPolicy};
+use super::sasl::{self, SaslError, NS_SASL};
+use super::{AuthMethod, Config, Failure, Output, PeerCert, TlsPolicy, NS_DIALBACK_FEATURE};
 use crate::stream::{stream_header, Element, StreamEvent, NS_DIALBACK, NS_SERVER, NS_STREAMS, NS_TLS};
 use crate::{Jid, StreamError};
-
-/// The namespace of the dialback stream feature (XEP-0220 §2.1), advertised once dialback is allowed.
-const NS_DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
 
 /// Where the stream is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +41,13 @@ pub struct Inbound {
     /// Token bucket for the per-peer element rate, in elements.
     tokens: f64,
     refilled: Instant,
+    /// The peer's certificate as the driver verified it (`Absent` before TLS).
+    peer_cert: PeerCert,
+    /// The `from` and (our) `to` of the peer's current stream header.
+    header_from: String,
+    header_to: String,
+    /// Whether SASL succeeded; the restarted stream then offers nothing more.
+    sasl_done: bool,
 }
 
 impl Inbound {
@@ -61,6 +66,10 @@ impl Inbound {
             deadline,
             tokens,
             refilled: now,
+            peer_cert: PeerCert::Absent,
+            header_from: String::new(),
+            header_to: String::new(),
+            sasl_done: false,
         }
     }
 
@@ -83,28 +92,38 @@ impl Inbound {
             Ok(events) => events,
             Err(err) => return self.fail(err, now),
         };
+        self.conn.restarted = false;
         for event in events {
-            // Anything pipelined after `<starttls/>` predates TLS and is dropped unread.
-            if matches!(self.state, State::Done | State::AwaitTls) {
+            // Anything pipelined after `<starttls/>` predates TLS and is dropped unread; so is
+            // anything after an `<auth/>` we accepted.
+            if self.conn.restarted || matches!(self.state, State::Done | State::AwaitTls) {
                 break;
             }
             self.handle_event(event, now);
         }
     }
 
-    /// The driver finished the TLS handshake; the peer will restart the stream, which gets
-    /// the fresh `stream_id` (RFC 6120 §4.7.3).
-    pub fn tls_established(&mut self, stream_id: &str) {
+    /// The driver finished the TLS handshake and verified the peer's client certificate
+    /// chain as `peer_cert`; the peer will restart the stream, which gets the fresh
+    /// `stream_id` (RFC 6120 §4.7.3).
+    pub fn tls_established(&mut self, stream_id: &str, peer_cert: PeerCert) {
         if self.state != State::AwaitTls {
             return;
         }
         self.conn.tls = true;
-        self.conn.decoder.reset();
-        self.stream_id = stream_id.to_owned();
-        self.header_sent = false;
+        self.peer_cert = peer_cert;
         // Nothing negotiated before the restart carries over (RFC 6120 §5.4.3.3).
         self.pending.clear();
         self.authed.clear();
+        self.restart(stream_id.to_owned());
+    }
+
+    /// Expects the peer's next stream header, which gets `stream_id`.
+    fn restart(&mut self, stream_id: String) {
+        self.conn.decoder.reset();
+        self.conn.restarted = true;
+        self.stream_id = stream_id;
+        self.header_sent = false;
         self.state = State::AwaitHeader;
     }
 
@@ -115,12 +134,26 @@ impl Inbound {
             return;
         }
         let Some(i) = self.pending.iter().position(|(f, t)| f == from && t == to) else { return };
-        let pair = self.pending.remove(i);
+        self.pending.remove(i);
+        self.answer_result(from, to, valid, AuthMethod::Dialback, now);
+    }
+
+    /// Sends the `<db:result type/>` verdict and, if valid, authenticates `from` → `to`.
+    fn answer_result(&mut self, from: &str, to: &str, valid: bool, method: AuthMethod, now: Instant) {
         self.conn.send_element(&result_answer(to, from, valid), now);
         if valid {
-            self.deadline = None;
+            self.authenticate(from, to, method);
+        }
+    }
+
+    /// Lets `remote` send to our `local` on this stream.
+    fn authenticate(&mut self, remote: &str, local: &str, method: AuthMethod) {
+        self.deadline = None;
+        let pair = (remote.to_owned(), local.to_owned());
+        if !self.authed.contains(&pair) {
             self.authed.push(pair);
         }
+        self.conn.emit(Output::Authenticated { remote: remote.to_owned(), local: local.to_owned(), method });
     }
 
     /// Closes the stream from our side.
@@ -196,8 +229,21 @@ impl Inbound {
         if !to.is_empty() && to != local {
             return self.fail(StreamError::HostUnknown, now);
         }
-        let policy = self.conn.config.tls;
+        self.header_from = attr("from").unwrap_or_default();
+        self.header_to = local;
+        let features = self.features();
+        self.conn.send_element(&features, now);
+        self.state = State::Open;
+    }
+
+    /// The features for the current stream: STARTTLS first; then EXTERNAL if the peer's
+    /// certificate proves the domain in its header, and dialback unless policy forbids it.
+    fn features(&self) -> Element {
         let mut features = Element::new("features", NS_STREAMS);
+        if self.sasl_done {
+            return features;
+        }
+        let policy = self.conn.config.tls;
         if !self.conn.tls && policy != TlsPolicy::Disabled {
             let mut starttls = Element::new("starttls", NS_TLS);
             if policy == TlsPolicy::Required {
@@ -205,11 +251,15 @@ impl Inbound {
             }
             features.push_child(starttls);
         }
-        if self.conn.tls || policy != TlsPolicy::Required {
+        let cert_ok = self.peer_cert.check(&self.header_from).is_ok();
+        if self.conn.tls && cert_ok {
+            features.push_child(sasl::mechanisms_external());
+        }
+        if (self.conn.tls || policy != TlsPolicy::Required) && (self.conn.config.dialback_fallback || cert_ok)
+        {
             features.push_child(Element::new("dialback", NS_DIALBACK_FEATURE));
         }
-        self.conn.send_element(&features, now);
-        self.state = State::Open;
+        features
     }
 
     fn on_element(&mut self, element: Element, now: Instant) {
@@ -231,6 +281,7 @@ impl Inbound {
             return self.fail(StreamError::PolicyViolation, now);
         }
         match (element.ns(), element.name()) {
+            (NS_SASL, "auth") => self.on_auth(&element, now),
             (NS_DIALBACK, "result") => self.on_result(&element, now),
             (NS_DIALBACK, "verify") => {
                 let config = &self.conn.config;
@@ -271,9 +322,17 @@ impl Inbound {
             return self.fail(StreamError::HostUnknown, now);
         }
         // The claimed domain must be a bare domain, as it is what stanzas' from is checked against.
-        match Jid::parse(from) {
-            Ok(jid) if jid.local().is_none() && jid.resource().is_none() && jid.domain() == from => {}
-            _ => return self.fail(StreamError::InvalidFrom, now),
+        if !is_bare_domain(from) {
+            return self.fail(StreamError::InvalidFrom, now);
+        }
+        // A verified certificate for the claimed domain already proves what the key would
+        // (XEP-0344 §2.4); without fallback it is the only proof accepted.
+        match self.peer_cert.check(from) {
+            Ok(()) => return self.answer_result(from, to, true, AuthMethod::DialbackByCert, now),
+            Err(_) if !self.conn.config.dialback_fallback => {
+                return self.fail(StreamError::PolicyViolation, now)
+            }
+            Err(_) => {}
         }
         let pair = (from.to_owned(), to.to_owned());
         if !self.pending.contains(&pair) {
@@ -282,6 +341,41 @@ impl Inbound {
         let key = element.text().trim().to_owned();
         let id = self.stream_id.clone();
         self.conn.emit(Output::VerifyDialback { from: from.to_owned(), to: to.to_owned(), id, key });
+    }
+
+    /// `<auth mechanism='EXTERNAL'/>` (RFC 6120 §6.4, XEP-0178 §3): the certificate must prove
+    /// the domain in the stream header, which the authzid, if any, must repeat. A failure
+    /// leaves the stream open, so the peer can still try dialback.
+    fn on_auth(&mut self, auth: &Element, now: Instant) {
+        match self.check_auth(auth) {
+            Ok(remote) => {
+                self.conn.send_element(&sasl::success(), now);
+                let local = self.header_to.clone();
+                self.authenticate(&remote, &local, AuthMethod::SaslExternal);
+                self.sasl_done = true;
+                // The restarted stream needs an id of its own; deriving it keeps it as
+                // unpredictable as the one it replaces (dialback keys may be bound to it).
+                let id = format!("{}.1", self.stream_id);
+                self.restart(id);
+            }
+            Err(err) => self.conn.send_element(&sasl::failure(&err), now),
+        }
+    }
+
+    /// The domain an `<auth/>` authenticates, or the SASL condition refusing it.
+    fn check_auth(&self, auth: &Element) -> Result<String, SaslError> {
+        if !self.conn.tls || self.sasl_done {
+            return Err(SaslError::InvalidMechanism);
+        }
+        let claimed = sasl::parse_auth(auth)?;
+        let remote = self.header_from.clone();
+        if claimed.is_some_and(|c| c != remote) {
+            return Err(SaslError::InvalidAuthzid);
+        }
+        if !is_bare_domain(&remote) || self.peer_cert.check(&remote).is_err() {
+            return Err(SaslError::NotAuthorized);
+        }
+        Ok(remote)
     }
 
     /// RFC 6120 §13 / XEP-0220 §4: a stanza's `from` must be a domain authenticated on this
@@ -342,4 +436,10 @@ impl Inbound {
         self.state = State::Done;
         self.conn.finish();
     }
+}
+
+/// Whether `domain` is a JID with neither localpart nor resource, written as it normalises.
+fn is_bare_domain(domain: &str) -> bool {
+    Jid::parse(domain)
+        .is_ok_and(|jid| jid.local().is_none() && jid.resource().is_none() && jid.domain() == domain)
 }

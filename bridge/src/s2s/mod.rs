@@ -7,14 +7,20 @@
 //! stream restarts (RFC 6120 §5.4.3.3).
 //!
 //! Streams are unidirectional, as RFC 6120 §4.4 allows for s2s: [`Outbound`] carries our
-//! stanzas to a peer, [`Inbound`] carries a peer's stanzas to us. Dialback (XEP-0220) is the
-//! only authentication; SASL EXTERNAL is out of scope.
+//! stanzas to a peer, [`Inbound`] carries a peer's stanzas to us. Peers authenticate with
+//! their certificate through SASL EXTERNAL (XEP-0178) when it verifies, else with dialback
+//! (XEP-0220) if [`Config::dialback_fallback`] allows. The driver verifies the certificate
+//! chain and passes the result ([`PeerCert`]) to `tls_established`.
 
+pub mod cert;
 mod conn;
 pub mod dialback;
 mod inbound;
 mod outbound;
+pub mod sasl;
 
+#[cfg(test)]
+mod cert_tests;
 #[cfg(test)]
 mod test_harness;
 #[cfg(test)]
@@ -23,11 +29,15 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use cert::{CertError, Identity, PeerCert};
 pub use dialback::Keyer;
 pub use inbound::Inbound;
 pub use outbound::Outbound;
 
 use crate::stream::{Element, Limits, StreamError};
+
+/// The namespace of the dialback stream feature (XEP-0220 §2.1), advertised once dialback is allowed.
+const NS_DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
 
 /// Whether STARTTLS (RFC 6120 §5) is used on s2s streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +71,11 @@ pub struct Config {
     pub stanza_burst: u32,
     /// Computes and checks dialback keys (XEP-0185); the daemon supplies an HMAC.
     pub keyer: Arc<dyn Keyer>,
+    /// Whether a peer whose certificate does not authenticate it may use dialback instead;
+    /// `false` means certificates only, in every role (XEP-0178 §4 vs XEP-0220).
+    pub dialback_fallback: bool,
+    /// Whether our outbound TLS presents a certificate, so SASL EXTERNAL is worth trying.
+    pub client_cert: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -75,6 +90,8 @@ impl std::fmt::Debug for Config {
             .field("idle_timeout", &self.idle_timeout)
             .field("max_stanzas_per_sec", &self.max_stanzas_per_sec)
             .field("stanza_burst", &self.stanza_burst)
+            .field("dialback_fallback", &self.dialback_fallback)
+            .field("client_cert", &self.client_cert)
             .finish_non_exhaustive()
     }
 }
@@ -92,6 +109,8 @@ impl Config {
             max_stanzas_per_sec: 100,
             stanza_burst: 200,
             keyer,
+            dialback_fallback: true,
+            client_cert: false,
         }
     }
 
@@ -116,6 +135,22 @@ pub enum Failure {
     DialbackRejected,
     /// TLS is required on one side but not available on the other.
     TlsUnavailable,
+    /// The peer's certificate does not authenticate it and dialback fallback is off.
+    Certificate(CertError),
+    /// The peer refused our SASL EXTERNAL and dialback could not take over.
+    SaslRejected(sasl::SaslError),
+}
+
+/// How a domain authenticated on a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// SASL EXTERNAL with a verified certificate (XEP-0178).
+    SaslExternal,
+    /// Dialback (XEP-0220) with the key checked by the authoritative server.
+    Dialback,
+    /// Dialback answered from the peer's verified certificate, without the key round trip
+    /// (XEP-0344 §2.4).
+    DialbackByCert,
 }
 
 /// Something the driver must act on.
@@ -129,6 +164,15 @@ pub enum Output {
     Ready,
     /// A validated stanza from an authenticated peer.
     Stanza(Element),
+    /// An inbound peer authenticated `remote` to send to our `local`.
+    Authenticated {
+        /// The peer's domain.
+        remote: String,
+        /// Our domain.
+        local: String,
+        /// How it proved itself.
+        method: AuthMethod,
+    },
     /// A peer claims `from` on this inbound stream; verify `key` with `from`'s authoritative
     /// server (an [`Outbound::send_verify`]) and report with [`Inbound::dialback_result`].
     VerifyDialback {

@@ -1,11 +1,12 @@
-//! The initiating side of a server-to-server stream (RFC 6120 §4–5, XEP-0220 §2.1): header,
-//! STARTTLS, dialback, then our stanzas to the peer.
+//! The initiating side of a server-to-server stream (RFC 6120 §4–6, XEP-0178, XEP-0220 §2.1):
+//! header, STARTTLS, SASL EXTERNAL or dialback, then our stanzas to the peer.
 
 use std::time::Instant;
 
 use super::conn::{check_header, peer_error, Conn};
 use super::dialback::{result_request, verify_request};
-use super::{Config, Failure, Output, TlsPolicy};
+use super::sasl::{auth_external, offers_external, SaslError, NS_SASL};
+use super::{AuthMethod, Config, Failure, Output, PeerCert, TlsPolicy};
 use crate::stream::{
     stream_header, Element, StreamError, StreamEvent, NS_DIALBACK, NS_SERVER, NS_STREAMS, NS_TLS,
 };
@@ -21,6 +22,8 @@ enum State {
     AwaitProceed,
     /// The driver is doing the TLS handshake.
     AwaitTls,
+    /// `<auth mechanism='EXTERNAL'/>` sent; waiting for `<success/>` or `<failure/>`.
+    AwaitSasl,
     /// `<db:result/>` sent; waiting for the verdict.
     AwaitResult,
     /// Authenticated: stanzas flow.
@@ -53,6 +56,12 @@ pub struct Outbound {
     verify_sent: Vec<Verify>,
     /// Connect/authentication deadline.
     deadline: Instant,
+    /// The peer's certificate as the driver verified it (`Absent` before TLS).
+    peer_cert: PeerCert,
+    /// Whether the peer's latest features offered dialback (XEP-0220 §2.1).
+    peer_offers_dialback: bool,
+    /// How we authenticated, once we have; after SASL success this is set across the restart.
+    method: Option<AuthMethod>,
 }
 
 impl Outbound {
@@ -69,6 +78,9 @@ impl Outbound {
             verify_pending: Vec::new(),
             verify_sent: Vec::new(),
             deadline,
+            peer_cert: PeerCert::Absent,
+            peer_offers_dialback: false,
+            method: None,
         };
         out.send_header(now);
         out
@@ -82,6 +94,11 @@ impl Outbound {
     /// Whether the stream is authenticated and not closed.
     pub fn is_ready(&self) -> bool {
         self.state == State::Ready
+    }
+
+    /// How we authenticated to the peer, once we have.
+    pub fn auth_method(&self) -> Option<AuthMethod> {
+        self.method
     }
 
     /// Sends a stanza, or queues it until the stream is ready. On a dead stream it comes
@@ -121,23 +138,33 @@ impl Outbound {
             Ok(events) => events,
             Err(err) => return self.fail(Failure::Sent(err), now),
         };
+        self.conn.restarted = false;
         for event in events {
             // After `<proceed/>` anything else in the same read predates TLS and must not be
-            // trusted (the STARTTLS command-injection class of bugs), so it is dropped.
-            if matches!(self.state, State::Done | State::AwaitTls) {
+            // trusted (the STARTTLS command-injection class of bugs), so it is dropped; the
+            // same goes for anything after `<success/>`, which predates the stream restart.
+            if self.conn.restarted || matches!(self.state, State::Done | State::AwaitTls) {
                 break;
             }
             self.handle_event(event, now);
         }
     }
 
-    /// The driver finished the TLS handshake: restart the stream (RFC 6120 §5.4.3.3).
-    pub fn tls_established(&mut self, now: Instant) {
+    /// The driver finished the TLS handshake and verified the peer's certificate chain as
+    /// `peer_cert`: restart the stream (RFC 6120 §5.4.3.3).
+    pub fn tls_established(&mut self, peer_cert: PeerCert, now: Instant) {
         if self.state != State::AwaitTls {
             return;
         }
         self.conn.tls = true;
+        self.peer_cert = peer_cert;
+        self.restart(now);
+    }
+
+    /// Opens a fresh stream on the same connection (after TLS or SASL).
+    fn restart(&mut self, now: Instant) {
         self.conn.decoder.reset();
+        self.conn.restarted = true;
         self.stream_id.clear();
         self.state = State::AwaitHeader;
         self.send_header(now);
@@ -225,6 +252,15 @@ impl Outbound {
                 self.conn.emit(Output::StartTls);
             }
             State::AwaitProceed if element.is("failure", NS_TLS) => self.fail(Failure::TlsUnavailable, now),
+            State::AwaitSasl if element.is("success", NS_SASL) => {
+                // RFC 6120 §6.4.6: authenticated; the stream restarts and the next features
+                // make us ready.
+                self.method = Some(AuthMethod::SaslExternal);
+                self.restart(now);
+            }
+            State::AwaitSasl if element.is("failure", NS_SASL) => {
+                self.on_sasl_failure(SaslError::from_failure(&element), now)
+            }
             State::AwaitResult | State::Ready if element.ns() == NS_DIALBACK => {
                 self.on_dialback(&element, now)
             }
@@ -249,13 +285,57 @@ impl Outbound {
                 _ => {}
             }
         }
-        // XEP-0220 §2.1.1: claim our domain with a key the peer can check with us.
+        if self.method == Some(AuthMethod::SaslExternal) {
+            return self.ready(now);
+        }
+        // Without fallback, the peer must prove its name by certificate, whichever way we
+        // authenticate ourselves (XEP-0178 §4: the initiating server checks the receiver too).
+        if !self.conn.config.dialback_fallback {
+            if let Err(err) = self.peer_cert.check(&self.peer) {
+                return self.fail(Failure::Certificate(err), now);
+            }
+        }
+        self.peer_offers_dialback = features.child("dialback", super::NS_DIALBACK_FEATURE).is_some();
+        if self.conn.tls && self.conn.config.client_cert && offers_external(features) {
+            // XEP-0178 §3: our certificate speaks for our domain.
+            self.conn.send_element(&auth_external(&self.local), now);
+            self.state = State::AwaitSasl;
+            return;
+        }
+        self.start_dialback(now);
+    }
+
+    /// The peer refused our certificate: dialback takes over if both sides allow it.
+    fn on_sasl_failure(&mut self, err: SaslError, now: Instant) {
+        if self.conn.config.dialback_fallback && self.peer_offers_dialback {
+            return self.start_dialback(now);
+        }
+        self.fail(Failure::SaslRejected(err), now);
+    }
+
+    /// XEP-0220 §2.1.1: claim our domain with a key the peer can check with us.
+    fn start_dialback(&mut self, now: Instant) {
         let key = self.conn.config.keyer.key(&self.peer, &self.local, &self.stream_id);
         self.conn.send_element(&result_request(&self.local, &self.peer, &key), now);
         self.state = State::AwaitResult;
+        self.flush_verifies(now);
+    }
+
+    /// Writes the `<db:verify/>` requests that waited for a usable stream.
+    fn flush_verifies(&mut self, now: Instant) {
         for verify in std::mem::take(&mut self.verify_pending) {
             self.write_verify(verify, now);
         }
+    }
+
+    /// Authenticated: stanzas queued so far go out in order.
+    fn ready(&mut self, now: Instant) {
+        self.state = State::Ready;
+        self.conn.emit(Output::Ready);
+        for stanza in std::mem::take(&mut self.queue) {
+            self.conn.send_element(&stanza, now);
+        }
+        self.flush_verifies(now);
     }
 
     fn on_dialback(&mut self, element: &Element, now: Instant) {
@@ -282,11 +362,8 @@ impl Outbound {
         }
         match kind {
             Some("valid") => {
-                self.state = State::Ready;
-                self.conn.emit(Output::Ready);
-                for stanza in std::mem::take(&mut self.queue) {
-                    self.conn.send_element(&stanza, now);
-                }
+                self.method = Some(AuthMethod::Dialback);
+                self.ready(now);
             }
             _ => self.fail(Failure::DialbackRejected, now),
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::dialback::{key_input, keys_equal};
-use super::{Config, Inbound, Keyer, Outbound, Output};
+use super::{Config, Inbound, Keyer, Outbound, Output, PeerCert};
 use crate::stream::{Element, Limits, StreamDecoder, StreamEvent, NS_SERVER, NS_STREAMS};
 
 pub(super) const A: &str = "a.example";
@@ -94,6 +94,9 @@ pub(super) struct Link {
     pub(super) authority: Option<FakeKeyer>,
     /// Deliver bytes in chunks of this size (0: as written), to exercise resumable decoding.
     pub(super) chunk: usize,
+    /// What each side's driver reports about its peer's certificate after TLS.
+    pub(super) out_peer_cert: PeerCert,
+    pub(super) in_peer_cert: PeerCert,
 }
 
 impl Link {
@@ -115,6 +118,8 @@ impl Link {
             next_id: 0,
             authority: None,
             chunk: 0,
+            out_peer_cert: PeerCert::Absent,
+            in_peer_cert: PeerCert::Absent,
         }
     }
 
@@ -133,7 +138,7 @@ impl Link {
                 }
                 Output::StartTls => {
                     self.out_tls = true;
-                    self.out.tls_established(now);
+                    self.out.tls_established(self.out_peer_cert.clone(), now);
                 }
                 other => self.out_events.push(other),
             }
@@ -157,7 +162,7 @@ impl Link {
                     // The handshake happens before any further byte reaches the inbound side.
                     self.in_tls = true;
                     self.next_id += 1;
-                    self.inb.tls_established(&format!("id-{}", self.next_id));
+                    self.inb.tls_established(&format!("id-{}", self.next_id), self.in_peer_cert.clone());
                 }
                 Output::VerifyDialback { from, to, id, key } if self.authority.is_some() => {
                     let keyer = self.authority.as_ref().map(|k| k.key(&to, &from, &id));

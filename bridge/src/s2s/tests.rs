@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use super::dialback::{answer_verify, key_input, keys_equal, verify_request};
 use super::test_harness::*;
-use super::{Config, Failure, Inbound, Keyer, Outbound, Output, TlsPolicy};
+use super::{AuthMethod, Config, Failure, Inbound, Keyer, Outbound, Output, TlsPolicy};
 use crate::stream::{Element, StreamError, StreamEvent};
 
 #[test]
@@ -27,7 +27,14 @@ fn full_dialback_both_directions_then_stanzas_in_order() {
         assert!(link.out_tls && link.in_tls, "both sides went through STARTTLS");
         assert!(link.out.is_ready());
         assert_eq!(link.out_events, vec![Output::Ready]);
-        assert!(link.in_events.is_empty(), "{:?}", link.in_events);
+        let (remote, local) = if link.out.peer() == B { (A, B) } else { (B, A) };
+        let authed = Output::Authenticated {
+            remote: remote.to_owned(),
+            local: local.to_owned(),
+            method: AuthMethod::Dialback,
+        };
+        assert_eq!(link.in_events, vec![authed]);
+        assert_eq!(link.out.auth_method(), Some(AuthMethod::Dialback));
     }
     assert!(ab.inb.is_authenticated(A, B) && ba.inb.is_authenticated(B, A));
 

@@ -54,25 +54,63 @@ def _port_open(ip: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def make_cert(cert: Path, key: Path, names: list[str], days: int = 30) -> None:
-    """A self-signed EC cert whose CN is names[0] and SANs are all of names."""
-    san = ",".join(f"DNS:{n}" for n in names)
+def _openssl(*args: str) -> None:
     proc = subprocess.run(
-        [
-            "openssl", "req", "-x509", "-nodes",
-            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-keyout", str(key), "-out", str(cert),
-            "-days", str(days),
-            "-subj", f"/CN={names[0]}",
-            "-addext", f"subjectAltName={san}",
-        ],
+        ["openssl", *args],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=30,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"openssl req failed ({proc.returncode}): {proc.stderr}")
+        raise RuntimeError(f"openssl {args[0]} failed ({proc.returncode}): {proc.stderr}")
+
+
+_EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+
+
+def make_cert(cert: Path, key: Path, names: list[str], days: int = 30) -> None:
+    """A self-signed EC cert whose CN is names[0] and SANs are all of names."""
+    san = ",".join(f"DNS:{n}" for n in names)
+    _openssl(
+        "req", "-x509", "-nodes", *_EC_KEY,
+        "-keyout", str(key), "-out", str(cert),
+        "-days", str(days),
+        "-subj", f"/CN={names[0]}",
+        "-addext", f"subjectAltName={san}",
+    )
+
+
+def make_ca(cert: Path, key: Path, name: str = "tern test federation CA", days: int = 30) -> None:
+    """A self-signed EC CA certificate (basicConstraints CA, keyCertSign) to sign with make_signed_cert."""
+    _openssl(
+        "req", "-x509", "-nodes", *_EC_KEY,
+        "-keyout", str(key), "-out", str(cert),
+        "-days", str(days),
+        "-subj", f"/CN={name}",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    )
+
+
+def make_signed_cert(
+    ca_cert: Path, ca_key: Path, cert: Path, key: Path, names: list[str], days: int = 30
+) -> None:
+    """An EC server certificate for `names` (DNS SANs, CN names[0]) signed by the CA, usable
+    for both TLS roles as XMPP servers use it (serverAuth and clientAuth)."""
+    csr = cert.with_suffix(".csr")
+    ext = cert.with_suffix(".ext")
+    _openssl("req", "-new", "-nodes", *_EC_KEY, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={names[0]}")
+    ext.write_text(
+        "basicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth,clientAuth\n"
+        f"subjectAltName={','.join(f'DNS:{n}' for n in names)}\n"
+    )
+    _openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-out", str(cert), "-days", str(days), "-extfile", str(ext),
+    )
 
 
 class ProsodyServer:
@@ -91,6 +129,9 @@ class ProsodyServer:
       muc         add `Component "muc.<domain>" "muc"`
       s2s_require_encryption, s2s_secure_auth, c2s_require_encryption
                   written as-is into the config
+      cafile      PEM trust anchors for peers' certificates (`ssl.cafile`);
+                  replace cert_path/key_path before start() to use a
+                  certificate signed by it
       extra_global, extra_host
                   raw Lua appended to the global section / the VirtualHost
       log_level   minimum level written to prosody.log
@@ -110,6 +151,7 @@ class ProsodyServer:
         s2s_require_encryption: bool = False,
         s2s_secure_auth: bool = False,
         c2s_require_encryption: bool = True,
+        cafile: Path | None = None,
         modules: list[str] | None = None,
         extra_global: str = "",
         extra_host: str = "",
@@ -128,6 +170,7 @@ class ProsodyServer:
         self.s2s_require_encryption = s2s_require_encryption
         self.s2s_secure_auth = s2s_secure_auth
         self.c2s_require_encryption = c2s_require_encryption
+        self.cafile = Path(cafile).resolve() if cafile else None
         self.modules = list(modules) if modules is not None else [
             "roster", "saslauth", "tls", "dialback", "disco", "ping", "time", "version",
         ]
@@ -240,6 +283,16 @@ class ProsodyServer:
 
     # -- config -----------------------------------------------------------
 
+    def _ssl_block(self, indent: str) -> str:
+        lines = [
+            f"certificate = {lua_str(self.cert_path)};",
+            f"key = {lua_str(self.key_path)};",
+        ]
+        if self.cafile:
+            lines.append(f"cafile = {lua_str(self.cafile)};")
+        inner = "".join(f"{indent}    {l}\n" for l in lines)
+        return f"{indent}ssl = {{\n{inner}{indent}}}\n"
+
     def config_text(self) -> str:
         d = self.dir
         mods = "; ".join(lua_str(m) for m in self.modules)
@@ -282,11 +335,7 @@ storage = "internal"
 allow_registration = false
 
 certificates = {lua_str(d / "certs")}
-ssl = {{
-    certificate = {lua_str(self.cert_path)};
-    key = {lua_str(self.key_path)};
-}}
-
+{self._ssl_block("")}
 c2s_require_encryption = {b(self.c2s_require_encryption)}
 s2s_require_encryption = {b(self.s2s_require_encryption)}
 s2s_secure_auth = {b(self.s2s_secure_auth)}
@@ -300,11 +349,7 @@ s2s_close_timeout = 2
             out += "\n" + self.extra_global.rstrip() + "\n"
         out += f"""
 VirtualHost {lua_str(self.domain)}
-    ssl = {{
-        certificate = {lua_str(self.cert_path)};
-        key = {lua_str(self.key_path)};
-    }}
-"""
+{self._ssl_block("    ")}"""
         if self.extra_host:
             out += "    " + self.extra_host.strip().replace("\n", "\n    ") + "\n"
         if self.muc_domain:

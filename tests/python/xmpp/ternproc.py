@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -46,6 +47,18 @@ class TernProc:
 
     def log_tail(self, n: int = 80) -> str:
         return "\n".join(self.log().splitlines()[-n:]) or "(no log)"
+
+    def stop(self) -> None:
+        """Prints the log tail (pytest shows it for a failed test), then SIGTERM by PID,
+        SIGKILL after 5 s."""
+        print(f"--- tern log (tail) ---\n{self.log_tail()}")
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
 
 
 def tern_binary() -> Path:
