@@ -25,15 +25,13 @@
 //! This file is the scenario runner (settings, phases, payloads); the per-connection drivers
 //! are in `chat/drivers.rs`, the results and the table in `chat/report.rs`.
 
-mod drivers;
-mod report;
+pub(crate) mod drivers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use hdrhistogram::Histogram;
+use anyhow::bail;
 use prost::Message;
 use serde::Serialize;
 use tern_schemas::v1::{up, Chat, Up};
@@ -41,12 +39,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::brokers::{self, Broker};
+use crate::prosody::Prosody;
 use crate::proxy::{Proxy, Snapshot};
+use crate::report::{finish, new_histogram, round, BrokerResult, Bytes, Latency, PhaseResult, Report};
+use crate::xmpp;
 use drivers::{client, publisher, recipient_driver, sender_driver, Ctx, Note};
-use report::{print_table, ratios, round, BrokerResult, Bytes, Latency, PhaseResult, Report};
 
-const PASSWORD: &str = "bench-pw";
-const DEVICE: &str = "phone";
+pub(crate) const PASSWORD: &str = "bench-pw";
+pub(crate) const DEVICE: &str = "phone";
 /// Chat body length; the body is the send time in microseconds, zero-padded.
 const BODY_LEN: usize = 20;
 /// Message id length: base64url of the per-sender message number.
@@ -56,51 +56,58 @@ const SETTLE: Duration = Duration::from_millis(150);
 
 #[derive(clap::Args, Debug)]
 pub struct ChatArgs {
-    /// The tern binary.
-    #[arg(long, default_value = "target/release/tern")]
-    tern_bin: PathBuf,
+    #[command(flatten)]
+    pub(crate) load: LoadArgs,
     /// Reference broker run with the same workload, or `none`.
     #[arg(long, value_enum, default_value = "mosquitto")]
     against: Against,
     /// The mosquitto binary (Debian package `mosquitto`).
     #[arg(long, default_value = "mosquitto")]
     mosquitto_bin: PathBuf,
-    /// Sender→recipient pairs [default: 10; --quick: 4].
-    #[arg(long)]
-    pairs: Option<usize>,
-    /// Messages in the throughput phase, in total [default: 20000; --quick: 400].
-    #[arg(long)]
-    messages: Option<u64>,
-    /// Total send rate of the latency phase, messages/s [default: 1000; --quick: 400].
-    #[arg(long)]
-    rate: Option<f64>,
-    /// Messages in the latency phase, in total [default: 5000; --quick: 200].
-    #[arg(long)]
-    latency_messages: Option<u64>,
-    /// Messages in the wire-bytes phase, in total [default: 2000; --quick: 200].
-    #[arg(long)]
-    wire_messages: Option<u64>,
-    /// Unacknowledged QoS 1 PUBLISHes allowed per sender.
-    #[arg(long, default_value_t = 16)]
-    inflight: u16,
-    /// Time cap per phase, seconds (messages not delivered by then count as lost) [default: 60; --quick: 20].
-    #[arg(long)]
-    timeout: Option<u64>,
-    /// Tiny sizes for a CI smoke test (a few hundred messages, a few seconds).
-    #[arg(long)]
-    quick: bool,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "bench-results/chat.json")]
     json: PathBuf,
+}
+
+/// The workload's size and the tern under test, common to the scenarios.
+#[derive(clap::Args, Debug)]
+pub struct LoadArgs {
+    /// The tern binary.
+    #[arg(long, default_value = "target/release/tern")]
+    pub(crate) tern_bin: PathBuf,
+    /// Sender→recipient pairs [default: 10; --quick: 4].
+    #[arg(long)]
+    pub(crate) pairs: Option<usize>,
+    /// Messages in the throughput phase, in total [default: 20000; --quick: 400].
+    #[arg(long)]
+    pub(crate) messages: Option<u64>,
+    /// Total send rate of the latency phase, messages/s [default: 1000; --quick: 400].
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
+    /// Messages in the latency phase, in total [default: 5000; --quick: 200].
+    #[arg(long)]
+    pub(crate) latency_messages: Option<u64>,
+    /// Messages in the wire-bytes phase, in total [default: 2000; --quick: 200].
+    #[arg(long)]
+    pub(crate) wire_messages: Option<u64>,
+    /// Unacknowledged QoS 1 PUBLISHes allowed per sender.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) inflight: u16,
+    /// Time cap per phase, seconds (messages not delivered by then count as lost) [default: 60; --quick: 20].
+    #[arg(long)]
+    pub(crate) timeout: Option<u64>,
+    /// Tiny sizes for a CI smoke test (a few hundred messages, a few seconds).
+    #[arg(long)]
+    pub(crate) quick: bool,
     /// tern's XMPP domain.
     #[arg(long, default_value = "bench.test")]
-    domain: String,
+    pub(crate) domain: String,
     /// Scratch directory for tern's store and the brokers' logs [default: a new one in $TMPDIR, removed afterwards].
     #[arg(long)]
-    data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// Keep the scratch directory.
     #[arg(long)]
-    keep_data: bool,
+    pub(crate) keep_data: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,23 +117,28 @@ enum Against {
 }
 
 #[derive(Serialize, Clone, Debug)]
-struct Settings {
-    pairs: usize,
-    wire_messages: u64,
-    throughput_messages: u64,
-    latency_messages: u64,
-    latency_rate: f64,
-    inflight_per_sender: u16,
-    timeout_s: u64,
-    body_bytes: usize,
-    id_chars: usize,
-    mqtt: &'static str,
-    client: &'static str,
-    quick: bool,
+pub(crate) struct Settings {
+    pub(crate) pairs: usize,
+    pub(crate) wire_messages: u64,
+    pub(crate) throughput_messages: u64,
+    pub(crate) latency_messages: u64,
+    pub(crate) latency_rate: f64,
+    pub(crate) inflight_per_sender: u16,
+    pub(crate) timeout_s: u64,
+    pub(crate) body_bytes: usize,
+    pub(crate) id_chars: usize,
+    pub(crate) mqtt: &'static str,
+    pub(crate) client: &'static str,
+    /// The XMPP side, where there is one.
+    pub(crate) xmpp: Option<&'static str>,
+    /// What the sender's and the recipient's links are.
+    pub(crate) sender_link: &'static str,
+    pub(crate) recipient_link: &'static str,
+    pub(crate) quick: bool,
 }
 
 impl Settings {
-    fn from(a: &ChatArgs) -> anyhow::Result<Settings> {
+    pub(crate) fn from(a: &LoadArgs) -> anyhow::Result<Settings> {
         let q = a.quick;
         let s = Settings {
             pairs: a.pairs.unwrap_or(if q { 4 } else { 10 }),
@@ -140,6 +152,9 @@ impl Settings {
             id_chars: ID_LEN,
             mqtt: "3.1.1, QoS 1",
             client: "rumqttc 0.25",
+            xmpp: None,
+            sender_link: "MQTT",
+            recipient_link: "MQTT",
             quick: q,
         };
         anyhow::ensure!((1..=1000).contains(&s.pairs), "--pairs must be 1..=1000");
@@ -161,37 +176,56 @@ impl Settings {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
+pub(crate) enum Kind {
     Tern,
     Mosquitto,
 }
 
-/// One phase of the workload.
+/// Where a phase's recipients are.
 #[derive(Clone, Copy)]
-struct Phase {
-    name: &'static str,
-    /// Prefix of the phase's user names / client ids (a–z only).
-    tag: &'static str,
-    messages: u64,
-    rate: Option<f64>,
-    proxy: bool,
+pub(crate) enum Recipients<'a> {
+    /// MQTT clients of the senders' broker.
+    Local,
+    /// XMPP clients of this Prosody, which tern reaches over s2s; they send receipts.
+    Xmpp(&'a Prosody),
 }
 
-fn phases(s: &Settings) -> [Phase; 3] {
+/// One phase of the workload.
+#[derive(Clone, Copy)]
+pub(crate) struct Phase {
+    pub(crate) name: &'static str,
+    /// Prefix of the phase's user names / client ids (a–z only).
+    pub(crate) tag: &'static str,
+    pub(crate) messages: u64,
+    pub(crate) rate: Option<f64>,
+    pub(crate) proxy: bool,
+    /// Whether XMPP recipients answer with delivery receipts, and senders wait for them.
+    pub(crate) receipts: bool,
+}
+
+pub(crate) fn phases(s: &Settings) -> [Phase; 3] {
     [
-        Phase { name: "wire", tag: "w", messages: s.wire_messages, rate: None, proxy: true },
-        Phase { name: "throughput", tag: "t", messages: s.throughput_messages, rate: None, proxy: false },
+        Phase { name: "wire", tag: "w", messages: s.wire_messages, rate: None, proxy: true, receipts: true },
+        Phase {
+            name: "throughput",
+            tag: "t",
+            messages: s.throughput_messages,
+            rate: None,
+            proxy: false,
+            receipts: true,
+        },
         Phase {
             name: "latency",
             tag: "l",
             messages: s.latency_messages,
             rate: Some(s.latency_rate),
             proxy: false,
+            receipts: true,
         },
     ]
 }
 
-fn user_name(tag: &str, role: char, pair: usize) -> String {
+pub(crate) fn user_name(tag: &str, role: char, pair: usize) -> String {
     format!("{tag}{role}{pair}")
 }
 
@@ -199,83 +233,70 @@ fn user_name(tag: &str, role: char, pair: usize) -> String {
 // Entry point
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
-    let settings = Settings::from(&args)?;
-    let loadavg_before = loadavg();
-    anyhow::ensure!(
-        args.tern_bin.exists(),
-        "{} not found; build it with `cargo build --release -p tern` or pass --tern-bin",
-        args.tern_bin.display()
-    );
-    let (scratch, temporary) = brokers::scratch_dir(args.data_dir.as_deref())?;
-    eprintln!("tern-bench chat: scratch dir {}", scratch.display());
-
+    let settings = Settings::from(&args.load)?;
+    let scratch = Scratch::new(&args.load, "chat")?;
     let outcome = async {
-        let tern = run_tern(&args, &settings, &scratch).await?;
+        let tern = run_tern(&args.load, &settings, &scratch.dir).await?;
         let mosquitto = match args.against {
-            Against::Mosquitto => Some(run_mosquitto(&args, &settings, &scratch).await?),
+            Against::Mosquitto => Some(run_mosquitto(&args, &settings, &scratch.dir).await?),
             Against::None => None,
         };
         anyhow::Ok((tern, mosquitto))
     }
     .await;
-    let (tern, mosquitto) = match outcome {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("tern-bench chat: failed; logs are kept in {}", scratch.display());
-            return Err(e);
-        }
-    };
-
-    let ratios = mosquitto.as_ref().map(|m| ratios(&tern, m));
-    let report = Report {
-        scenario: "chat-1to1",
-        settings: settings.clone(),
-        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        loadavg_before,
-        loadavg_after: loadavg(),
+    let (tern, mosquitto) = scratch.keep_on_error(outcome)?;
+    let report = Report::new(
+        "chat-1to1",
+        settings,
+        scratch.loadavg_before.clone(),
         tern,
         mosquitto,
-        ratio_tern_over_mosquitto: ratios,
-        notes: vec![
+        vec![
             "bytes: MQTT bytes through a counting TCP proxy (no TCP/IP headers), all four legs, setup excluded",
             "tern acknowledges a PUBLISH only after an fsync (group commit); mosquitto here keeps everything in memory (persistence false)",
             "latency: from just before the sender's publish call to the recipient's application; client, proxy-less, same host",
             "broker CPU: user+system time of the broker process during the phase, from /proc",
         ],
-    };
-    print_table(&report);
-    if let Some(dir) = args.json.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)?;
-        }
-    }
-    std::fs::write(&args.json, serde_json::to_string_pretty(&report)? + "\n")
-        .with_context(|| format!("writing {}", args.json.display()))?;
-    println!("\nJSON: {}", args.json.display());
-
-    let clean =
-        report.tern.phases.iter().chain(report.mosquitto.iter().flat_map(|m| m.phases.iter())).all(|p| {
-            p.lost == 0
-                && p.unsent == 0
-                && p.duplicated == 0
-                && p.errors.is_empty()
-                && p.wrong_peer == 0
-                && p.error_downs == 0
-        });
-    if temporary && !args.keep_data && clean {
-        let _ = std::fs::remove_dir_all(&scratch);
-    } else {
-        eprintln!("tern-bench chat: scratch dir kept: {}", scratch.display());
-    }
-    if !clean {
-        bail!("messages were lost, unsent or duplicated, or clients saw errors (see the table and the JSON)");
-    }
-    Ok(())
+    );
+    finish(&report, &args.json, scratch)
 }
 
-async fn run_tern(args: &ChatArgs, s: &Settings, scratch: &std::path::Path) -> anyhow::Result<BrokerResult> {
+/// A run's scratch directory (tern's store, the servers' logs) and the machine's load before.
+pub(crate) struct Scratch {
+    pub(crate) dir: PathBuf,
+    /// Made by us (removed after a clean run unless `--keep-data`).
+    pub(crate) temporary: bool,
+    pub(crate) keep: bool,
+    pub(crate) scenario: &'static str,
+    pub(crate) loadavg_before: String,
+}
+
+impl Scratch {
+    /// Checks the tern binary and makes the directory.
+    pub(crate) fn new(a: &LoadArgs, scenario: &'static str) -> anyhow::Result<Scratch> {
+        let loadavg_before = loadavg();
+        anyhow::ensure!(
+            a.tern_bin.exists(),
+            "{} not found; build it with `cargo build --release -p tern` or pass --tern-bin",
+            a.tern_bin.display()
+        );
+        let (dir, temporary) = brokers::scratch_dir(a.data_dir.as_deref())?;
+        eprintln!("tern-bench {scenario}: scratch dir {}", dir.display());
+        Ok(Scratch { dir, temporary, keep: a.keep_data, scenario, loadavg_before })
+    }
+
+    /// Passes `outcome` on; on an error, says where the logs are.
+    pub(crate) fn keep_on_error<T>(&self, outcome: anyhow::Result<T>) -> anyhow::Result<T> {
+        if outcome.is_err() {
+            eprintln!("tern-bench {}: failed; logs are kept in {}", self.scenario, self.dir.display());
+        }
+        outcome
+    }
+}
+
+async fn run_tern(args: &LoadArgs, s: &Settings, scratch: &std::path::Path) -> anyhow::Result<BrokerResult> {
     let dir = scratch.join("tern");
-    let broker = brokers::start_tern(&args.tern_bin, &dir, &args.domain).await?;
+    let broker = brokers::start_tern(&args.tern_bin, &dir, &args.domain, None).await?;
     eprintln!("tern-bench chat: {} (pid {}) on {}", broker.version, broker.pid(), broker.addr);
     let result = async {
         let mut names = Vec::new();
@@ -296,7 +317,7 @@ async fn run_tern(args: &ChatArgs, s: &Settings, scratch: &std::path::Path) -> a
             ..Default::default()
         };
         for p in phases(s) {
-            out.phases.push(run_phase(Kind::Tern, &broker, &args.domain, s, p).await?);
+            out.phases.push(run_phase(Kind::Tern, &broker, Recipients::Local, &args.domain, s, p).await?);
         }
         out.rss_kib_end = broker.rss_kib();
         anyhow::Ok(out)
@@ -320,7 +341,8 @@ async fn run_mosquitto(
             ..Default::default()
         };
         for p in phases(s) {
-            out.phases.push(run_phase(Kind::Mosquitto, &broker, &args.domain, s, p).await?);
+            out.phases
+                .push(run_phase(Kind::Mosquitto, &broker, Recipients::Local, &args.load.domain, s, p).await?);
         }
         out.rss_kib_end = broker.rss_kib();
         anyhow::Ok(out)
@@ -366,44 +388,70 @@ fn chat_up(k: u64, peer: &str, sent_us: u64) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // One phase
 
-async fn run_phase(
+/// Runs one phase: `kind` senders on `broker` (`domain`), each sending to its recipient.
+pub(crate) async fn run_phase(
     kind: Kind,
     broker: &Broker,
+    recipients: Recipients<'_>,
     domain: &str,
     s: &Settings,
     phase: Phase,
 ) -> anyhow::Result<PhaseResult> {
     let pairs = s.pairs;
     let per_pair = phase.messages / pairs as u64;
-    let ctx = Arc::new(Ctx { kind, running: false.into(), epoch: Instant::now() });
+    let prosody = match recipients {
+        Recipients::Local => None,
+        Recipients::Xmpp(p) => Some(p),
+    };
+    let ctx = Arc::new(Ctx::new(kind, prosody.is_some() && phase.receipts));
+    let recipient_server = prosody.map_or(broker.addr, |p| p.broker.addr);
+    let recipient_domain = prosody.map_or(domain, |p| p.domain.as_str());
     let (sender_proxy, recipient_proxy) = if phase.proxy {
-        (Some(Proxy::start(broker.addr).await?), Some(Proxy::start(broker.addr).await?))
+        (Some(Proxy::start(broker.addr).await?), Some(Proxy::start(recipient_server).await?))
     } else {
         (None, None)
     };
     let sender_addr = sender_proxy.as_ref().map_or(broker.addr, |p| p.addr);
-    let recipient_addr = recipient_proxy.as_ref().map_or(broker.addr, |p| p.addr);
+    let recipient_addr = recipient_proxy.as_ref().map_or(recipient_server, |p| p.addr);
     let (notes_tx, mut notes) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // Setup: connect everyone (tern: password login, then the token arrives; mosquitto: subscribe).
     let setup_started = Instant::now();
     let mut senders = Vec::new();
-    let mut recipients = Vec::new();
+    let mut recipient_tasks = Vec::new();
     let mut sender_clients = Vec::new();
     for i in 0..pairs {
-        let (rc, rel) = client(kind, phase.tag, 'r', i, recipient_addr, s.inflight_per_sender);
         let expected_peer = format!("{}@{domain}/{DEVICE}", user_name(phase.tag, 's', i));
-        recipients.push(tokio::spawn(recipient_driver(
-            ctx.clone(),
-            rc,
-            rel,
-            i,
-            per_pair,
-            expected_peer,
-            notes_tx.clone(),
-            stop_rx.clone(),
-        )));
+        let recipient = user_name(phase.tag, 'r', i);
+        recipient_tasks.push(if prosody.is_some() {
+            let account = xmpp::Account {
+                addr: recipient_addr,
+                jid: tern_bridge::Jid::new(Some(&recipient), recipient_domain, None)?,
+                password: PASSWORD.to_owned(),
+                resource: DEVICE.to_owned(),
+            };
+            tokio::spawn(xmpp::drivers::recipient_driver(
+                ctx.clone(),
+                account,
+                per_pair,
+                expected_peer,
+                notes_tx.clone(),
+                stop_rx.clone(),
+            ))
+        } else {
+            let (rc, rel) = client(kind, phase.tag, 'r', i, recipient_addr, s.inflight_per_sender);
+            tokio::spawn(recipient_driver(
+                ctx.clone(),
+                rc,
+                rel,
+                i,
+                per_pair,
+                expected_peer,
+                notes_tx.clone(),
+                stop_rx.clone(),
+            ))
+        });
         let (sc, sel) = client(kind, phase.tag, 's', i, sender_addr, s.inflight_per_sender);
         sender_clients.push(sc.clone());
         senders.push(tokio::spawn(sender_driver(
@@ -452,6 +500,7 @@ async fn run_phase(
     }
     ctx.running.store(true, std::sync::atomic::Ordering::SeqCst);
     let cpu0 = broker.cpu_ms();
+    let peer_cpu0 = prosody.and_then(|p| p.broker.cpu_ms());
     let own0 = brokers::cpu_ms("/proc/self/stat");
 
     // Load.
@@ -464,7 +513,7 @@ async fn run_phase(
             Kind::Tern => "u".to_owned(),
             Kind::Mosquitto => format!("c/{i}"),
         };
-        let peer = format!("{}@{domain}", user_name(phase.tag, 'r', i));
+        let peer = format!("{}@{recipient_domain}", user_name(phase.tag, 'r', i));
         // Spread the senders evenly over one period of the total rate.
         let offset = phase.rate.map_or(Duration::ZERO, |r| Duration::from_secs_f64(i as f64 / r));
         publishers.push(tokio::spawn(publisher(
@@ -480,18 +529,25 @@ async fn run_phase(
         )));
     }
     let (mut senders_done, mut recipients_done) = (0, 0);
+    let mut progress = Progress::new(kind, recipients, phase, per_pair * pairs as u64);
+    let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
     while senders_done < pairs || recipients_done < pairs {
-        match tokio::time::timeout_at(deadline, notes.recv()).await {
-            Ok(Some(Note::SenderDone)) => senders_done += 1,
-            Ok(Some(Note::RecipientDone)) => recipients_done += 1,
-            Ok(Some(Note::Failed)) => break,
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => break,
+        tokio::select! {
+            note = tokio::time::timeout_at(deadline, notes.recv()) => match note {
+                Ok(Some(Note::SenderDone)) => senders_done += 1,
+                Ok(Some(Note::RecipientDone)) => recipients_done += 1,
+                Ok(Some(Note::Failed)) => break,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            },
+            _ = tick.tick() => progress.show(&ctx, start),
         }
     }
+    progress.done();
     tokio::time::sleep(SETTLE).await;
     let (s1, r1) = (snap(&sender_proxy), snap(&recipient_proxy));
     let cpu1 = broker.cpu_ms();
+    let peer_cpu1 = prosody.and_then(|p| p.broker.cpu_ms());
     let own1 = brokers::cpu_ms("/proc/self/stat");
     let _ = stop_tx.send(true);
 
@@ -510,9 +566,9 @@ async fn run_phase(
             res.late_sends += late;
         }
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+    let mut hist = new_histogram();
     let mut last_delivery: Option<Instant> = None;
-    for r in recipients {
+    for r in recipient_tasks {
         let st = r.await?;
         res.delivered += st.delivered;
         res.duplicated += st.duplicated;
@@ -530,6 +586,9 @@ async fn run_phase(
     for snd in senders {
         let st = snd.await?;
         res.acked += st.acked;
+        if ctx.receipts {
+            *res.receipts.get_or_insert(0) += st.receipts;
+        }
         res.error_downs += st.error_downs;
         res.unexpected += st.unexpected;
         res.unexpected_samples.extend(st.unexpected_samples);
@@ -540,7 +599,8 @@ async fn run_phase(
     res.lost = res.published.saturating_sub(res.delivered);
     res.unsent = res.messages - res.published;
     res.latency = Latency::of(&hist);
-    res.up_payload_bytes = chat_up(0, &format!("{}@{domain}", user_name(phase.tag, 'r', 0)), 0).len();
+    res.up_payload_bytes =
+        chat_up(0, &format!("{}@{recipient_domain}", user_name(phase.tag, 'r', 0)), 0).len();
     if let Some(last) = last_delivery {
         res.elapsed_s = round(last.saturating_duration_since(start).as_secs_f64(), 4);
         if res.elapsed_s > 0.0 {
@@ -556,6 +616,8 @@ async fn run_phase(
             sender_down: round(sd.down as f64 / n, 2),
             recipient_down: round(rd.down as f64 / n, 2),
             recipient_up: round(rd.up as f64 / n, 2),
+            sender_link: round((sd.up + sd.down) as f64 / n, 2),
+            recipient_link: round((rd.up + rd.down) as f64 / n, 2),
             total: round(total as f64 / n, 2),
             total_bytes: total,
             setup_per_client: round((s0.up + s0.down + r0.up + r0.down) as f64 / (2 * pairs) as f64, 1),
@@ -567,6 +629,11 @@ async fn run_phase(
             res.broker_cpu_us_per_msg = Some(round((b - a) * 1000.0 / res.delivered as f64, 2));
         }
     }
+    if let (Some(a), Some(b)) = (peer_cpu0, peer_cpu1) {
+        if res.delivered > 0 {
+            res.peer_cpu_us_per_msg = Some(round((b - a) * 1000.0 / res.delivered as f64, 2));
+        }
+    }
     if let (Some(a), Some(b)) = (own0, own1) {
         if res.delivered > 0 {
             res.client_cpu_us_per_msg = Some(round((b - a) * 1000.0 / res.delivered as f64, 2));
@@ -575,9 +642,8 @@ async fn run_phase(
     drop(sender_proxy);
     drop(recipient_proxy);
     eprintln!(
-        "tern-bench chat: {:>9} {:<10} delivered {}/{} in {:.2} s ({:.0}/s), p50 {} µs, p99 {} µs, lost {}, dup {}",
-        format!("{kind:?}").to_lowercase(),
-        phase.name,
+        "tern-bench: {:<22} delivered {}/{} in {:.2} s ({:.0}/s), p50 {} µs, p99 {} µs, lost {}, dup {}",
+        progress.label,
         res.delivered,
         res.messages,
         res.elapsed_s,
@@ -590,7 +656,50 @@ async fn run_phase(
     Ok(res)
 }
 
-fn loadavg() -> String {
+/// The progress line of a running phase on stderr: delivered so far and the rate, once a second
+/// (rewritten in place on a terminal, one line per second otherwise).
+struct Progress {
+    label: String,
+    total: u64,
+    tty: bool,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(kind: Kind, recipients: Recipients, phase: Phase, total: u64) -> Progress {
+        let system = match recipients {
+            Recipients::Local => format!("{kind:?}").to_lowercase(),
+            Recipients::Xmpp(_) => "federation".into(),
+        };
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        Progress { label: format!("{system} {}", phase.name), total, tty, shown: false }
+    }
+
+    fn show(&mut self, ctx: &Ctx, start: Instant) {
+        let n = ctx.delivered.load(std::sync::atomic::Ordering::Relaxed);
+        let secs = start.elapsed().as_secs_f64();
+        let line = format!(
+            "tern-bench: {:<22} {n:>8}/{} delivered, {:>7.0} msgs/s, {secs:>5.1} s",
+            self.label,
+            self.total,
+            n as f64 / secs.max(1e-3)
+        );
+        if self.tty {
+            eprint!("\r{line}");
+        } else {
+            eprintln!("{line}");
+        }
+        self.shown = true;
+    }
+
+    fn done(&self) {
+        if self.tty && self.shown {
+            eprintln!();
+        }
+    }
+}
+
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
