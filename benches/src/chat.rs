@@ -33,22 +33,24 @@ use std::time::Duration;
 
 use anyhow::bail;
 use prost::Message;
+use rumqttc::AsyncClient;
 use serde::Serialize;
+use tern_bridge::Jid;
 use tern_schemas::v1::{up, Chat, Up};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::brokers::{self, Broker};
-use crate::prosody::Prosody;
+use crate::prosody::{self, Prosody, ProsodyArgs};
 use crate::proxy::{Proxy, Snapshot};
 use crate::report::{finish, new_histogram, round, BrokerResult, Bytes, Latency, PhaseResult, Report};
 use crate::xmpp;
-use drivers::{client, publisher, recipient_driver, sender_driver, Ctx, Note};
+use drivers::{client, publisher, recipient_driver, sender_driver, Ctx, Note, Schedule};
 
 pub(crate) const PASSWORD: &str = "bench-pw";
 pub(crate) const DEVICE: &str = "phone";
 /// Chat body length; the body is the send time in microseconds, zero-padded.
-const BODY_LEN: usize = 20;
+pub(crate) const BODY_LEN: usize = 20;
 /// Message id length: base64url of the per-sender message number.
 const ID_LEN: usize = 6;
 /// Time given to the last PUBACKs to cross the proxy before the counters are read.
@@ -64,6 +66,9 @@ pub struct ChatArgs {
     /// The mosquitto binary (Debian package `mosquitto`).
     #[arg(long, default_value = "mosquitto")]
     mosquitto_bin: PathBuf,
+    /// With `--against prosody`.
+    #[command(flatten)]
+    prosody: ProsodyArgs,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "bench-results/chat.json")]
     json: PathBuf,
@@ -112,7 +117,10 @@ pub struct LoadArgs {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Against {
+    /// Raw MQTT pub/sub of the same payloads.
     Mosquitto,
+    /// XMPP c2s clients chatting through one Prosody.
+    Prosody,
     None,
 }
 
@@ -177,8 +185,30 @@ impl Settings {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Kind {
+    /// Phones on tern (MQTT, `Up`/`Down` envelopes).
     Tern,
+    /// Raw MQTT pub/sub on mosquitto.
     Mosquitto,
+    /// XMPP c2s clients (on Prosody); only ever senders or recipients of the XMPP drivers.
+    Xmpp,
+}
+
+/// How the load reaches a sender once the phase starts.
+enum SenderHandle {
+    /// An MQTT client that a publisher task publishes through.
+    Mqtt(AsyncClient),
+    /// An XMPP client, which sends on its own once it has the schedule.
+    Xmpp(oneshot::Sender<Schedule>),
+}
+
+/// An XMPP client account of the bench.
+fn xmpp_account(addr: std::net::SocketAddr, user: &str, domain: &str) -> anyhow::Result<xmpp::Account> {
+    Ok(xmpp::Account {
+        addr,
+        jid: Jid::new(Some(user), domain, None)?,
+        password: PASSWORD.to_owned(),
+        resource: DEVICE.to_owned(),
+    })
 }
 
 /// Where a phase's recipients are.
@@ -229,33 +259,50 @@ pub(crate) fn user_name(tag: &str, role: char, pair: usize) -> String {
     format!("{tag}{role}{pair}")
 }
 
+/// The user names of every phase's pairs in `roles` (`s` senders, `r` recipients).
+pub(crate) fn users(s: &Settings, roles: &[char]) -> Vec<String> {
+    let mut names = Vec::new();
+    for p in phases(s) {
+        for i in 0..s.pairs {
+            names.extend(roles.iter().map(|&role| user_name(p.tag, role, i)));
+        }
+    }
+    names
+}
+
 // ---------------------------------------------------------------------------------------------
 // Entry point
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
-    let settings = Settings::from(&args.load)?;
+    let mut settings = Settings::from(&args.load)?;
+    if args.against == Against::Prosody {
+        settings.xmpp = Some("c2s plaintext, SASL PLAIN, no receipts (the reference)");
+        (settings.sender_link, settings.recipient_link) = ("MQTT | c2s", "MQTT | c2s");
+    }
     let scratch = Scratch::new(&args.load, "chat")?;
     let outcome = async {
         let tern = run_tern(&args.load, &settings, &scratch.dir).await?;
-        let mosquitto = match args.against {
+        let reference = match args.against {
             Against::Mosquitto => Some(run_mosquitto(&args, &settings, &scratch.dir).await?),
+            Against::Prosody => Some(run_prosody(&args, &settings, &scratch.dir).await?),
             Against::None => None,
         };
-        anyhow::Ok((tern, mosquitto))
+        anyhow::Ok((tern, reference))
     }
     .await;
-    let (tern, mosquitto) = scratch.keep_on_error(outcome)?;
+    let (tern, reference) = scratch.keep_on_error(outcome)?;
     let report = Report::new(
         "chat-1to1",
         settings,
         scratch.loadavg_before.clone(),
         tern,
-        mosquitto,
+        reference,
         vec![
             "bytes: MQTT bytes through a counting TCP proxy (no TCP/IP headers), all four legs, setup excluded",
             "tern acknowledges a PUBLISH only after an fsync (group commit); mosquitto here keeps everything in memory (persistence false)",
             "latency: from just before the sender's publish call to the recipient's application; client, proxy-less, same host",
             "broker CPU: user+system time of the broker process during the phase, from /proc",
+            "prosody (--against prosody): XMPP c2s clients, plaintext, one <message/> per chat message, no receipts and no XEP-0198 acks (TCP is the only acknowledgement), so its senders are never held back by a window",
         ],
     );
     finish(&report, &args.json, scratch)
@@ -299,13 +346,7 @@ async fn run_tern(args: &LoadArgs, s: &Settings, scratch: &std::path::Path) -> a
     let broker = brokers::start_tern(&args.tern_bin, &dir, &args.domain, None).await?;
     eprintln!("tern-bench chat: {} (pid {}) on {}", broker.version, broker.pid(), broker.addr);
     let result = async {
-        let mut names = Vec::new();
-        for p in phases(s) {
-            for i in 0..s.pairs {
-                names.push(user_name(p.tag, 's', i));
-                names.push(user_name(p.tag, 'r', i));
-            }
-        }
+        let names = users(s, &['s', 'r']);
         let t = std::time::Instant::now();
         brokers::add_users(&args.tern_bin, &dir, &names, PASSWORD).await?;
         let user_setup_s = t.elapsed().as_secs_f64();
@@ -352,12 +393,57 @@ async fn run_mosquitto(
     result
 }
 
+/// The same phases between XMPP clients of one Prosody (c2s to c2s, on its own 127.0.0.x).
+async fn run_prosody(
+    args: &ChatArgs,
+    s: &Settings,
+    scratch: &std::path::Path,
+) -> anyhow::Result<BrokerResult> {
+    let ip = prosody::free_loopback_ip(101, &[prosody::C2S_PORT, prosody::S2S_PORT], &[]).await?;
+    let server = Prosody::start(prosody::Options {
+        bins: &args.prosody,
+        dir: &scratch.join("prosody"),
+        ip,
+        hosts: &[],
+    })
+    .await?;
+    eprintln!(
+        "tern-bench chat: {} (pid {}) on {}",
+        server.broker.version,
+        server.broker.pid(),
+        server.broker.addr
+    );
+    let result = async {
+        let names = users(s, &['s', 'r']);
+        let t = std::time::Instant::now();
+        server.register(&names, PASSWORD).await?;
+        let mut out = BrokerResult {
+            broker: "prosody".into(),
+            version: server.broker.version.clone(),
+            user_setup_s: Some(round(t.elapsed().as_secs_f64(), 2)),
+            ..Default::default()
+        };
+        for mut p in phases(s) {
+            // tern's phones send no receipts in this scenario either.
+            p.receipts = false;
+            let phase =
+                run_phase(Kind::Xmpp, &server.broker, Recipients::Xmpp(&server), &server.domain, s, p);
+            out.phases.push(phase.await?);
+        }
+        out.rss_kib_end = server.broker.rss_kib();
+        anyhow::Ok(out)
+    }
+    .await;
+    server.broker.stop().await;
+    result
+}
+
 // ---------------------------------------------------------------------------------------------
 // Payloads
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-fn message_id(mut k: u64) -> String {
+pub(crate) fn message_id(mut k: u64) -> String {
     let mut s = [0u8; ID_LEN];
     for c in s.iter_mut().rev() {
         *c = B64[(k % 64) as usize];
@@ -403,6 +489,8 @@ pub(crate) async fn run_phase(
         Recipients::Local => None,
         Recipients::Xmpp(p) => Some(p),
     };
+    // The XMPP server's CPU is reported apart only when it is not the senders' server.
+    let peer = prosody.filter(|p| p.broker.pid() != broker.pid());
     let ctx = Arc::new(Ctx::new(kind, prosody.is_some() && phase.receipts));
     let recipient_server = prosody.map_or(broker.addr, |p| p.broker.addr);
     let recipient_domain = prosody.map_or(domain, |p| p.domain.as_str());
@@ -420,20 +508,14 @@ pub(crate) async fn run_phase(
     let setup_started = Instant::now();
     let mut senders = Vec::new();
     let mut recipient_tasks = Vec::new();
-    let mut sender_clients = Vec::new();
+    let mut sender_handles = Vec::new();
     for i in 0..pairs {
         let expected_peer = format!("{}@{domain}/{DEVICE}", user_name(phase.tag, 's', i));
         let recipient = user_name(phase.tag, 'r', i);
         recipient_tasks.push(if prosody.is_some() {
-            let account = xmpp::Account {
-                addr: recipient_addr,
-                jid: tern_bridge::Jid::new(Some(&recipient), recipient_domain, None)?,
-                password: PASSWORD.to_owned(),
-                resource: DEVICE.to_owned(),
-            };
             tokio::spawn(xmpp::drivers::recipient_driver(
                 ctx.clone(),
-                account,
+                xmpp_account(recipient_addr, &recipient, recipient_domain)?,
                 per_pair,
                 expected_peer,
                 notes_tx.clone(),
@@ -452,8 +534,23 @@ pub(crate) async fn run_phase(
                 stop_rx.clone(),
             ))
         });
+        if kind == Kind::Xmpp {
+            let (tx, rx) = oneshot::channel();
+            sender_handles.push(SenderHandle::Xmpp(tx));
+            senders.push(tokio::spawn(xmpp::drivers::sender_driver(
+                ctx.clone(),
+                xmpp_account(sender_addr, &user_name(phase.tag, 's', i), domain)?,
+                Jid::new(Some(&recipient), recipient_domain, None)?,
+                per_pair,
+                s.inflight_per_sender,
+                rx,
+                notes_tx.clone(),
+                stop_rx.clone(),
+            )));
+            continue;
+        }
         let (sc, sel) = client(kind, phase.tag, 's', i, sender_addr, s.inflight_per_sender);
-        sender_clients.push(sc.clone());
+        sender_handles.push(SenderHandle::Mqtt(sc.clone()));
         senders.push(tokio::spawn(sender_driver(
             ctx.clone(),
             sc,
@@ -500,7 +597,7 @@ pub(crate) async fn run_phase(
     }
     ctx.running.store(true, std::sync::atomic::Ordering::SeqCst);
     let cpu0 = broker.cpu_ms();
-    let peer_cpu0 = prosody.and_then(|p| p.broker.cpu_ms());
+    let peer_cpu0 = peer.and_then(|p| p.broker.cpu_ms());
     let own0 = brokers::cpu_ms("/proc/self/stat");
 
     // Load.
@@ -508,25 +605,23 @@ pub(crate) async fn run_phase(
     let deadline = start + Duration::from_secs(s.timeout_s);
     let rate_per_pair = phase.rate.map(|r| r / pairs as f64);
     let mut publishers = Vec::new();
-    for (i, c) in sender_clients.into_iter().enumerate() {
-        let topic = match kind {
-            Kind::Tern => "u".to_owned(),
-            Kind::Mosquitto => format!("c/{i}"),
-        };
-        let peer = format!("{}@{recipient_domain}", user_name(phase.tag, 'r', i));
+    for (i, handle) in sender_handles.into_iter().enumerate() {
         // Spread the senders evenly over one period of the total rate.
         let offset = phase.rate.map_or(Duration::ZERO, |r| Duration::from_secs_f64(i as f64 / r));
-        publishers.push(tokio::spawn(publisher(
-            ctx.clone(),
-            c,
-            topic,
-            peer,
-            per_pair,
-            rate_per_pair,
-            start,
-            offset,
-            deadline,
-        )));
+        let schedule = Schedule { start, offset, rate: rate_per_pair, deadline };
+        let client = match handle {
+            SenderHandle::Mqtt(c) => c,
+            SenderHandle::Xmpp(tx) => {
+                let _ = tx.send(schedule);
+                continue;
+            }
+        };
+        let topic = match kind {
+            Kind::Tern => "u".to_owned(),
+            Kind::Mosquitto | Kind::Xmpp => format!("c/{i}"),
+        };
+        let peer = format!("{}@{recipient_domain}", user_name(phase.tag, 'r', i));
+        publishers.push(tokio::spawn(publisher(ctx.clone(), client, topic, peer, per_pair, schedule)));
     }
     let (mut senders_done, mut recipients_done) = (0, 0);
     let mut progress = Progress::new(kind, recipients, phase, per_pair * pairs as u64);
@@ -547,7 +642,7 @@ pub(crate) async fn run_phase(
     tokio::time::sleep(SETTLE).await;
     let (s1, r1) = (snap(&sender_proxy), snap(&recipient_proxy));
     let cpu1 = broker.cpu_ms();
-    let peer_cpu1 = prosody.and_then(|p| p.broker.cpu_ms());
+    let peer_cpu1 = peer.and_then(|p| p.broker.cpu_ms());
     let own1 = brokers::cpu_ms("/proc/self/stat");
     let _ = stop_tx.send(true);
 
@@ -586,6 +681,9 @@ pub(crate) async fn run_phase(
     for snd in senders {
         let st = snd.await?;
         res.acked += st.acked;
+        res.published += st.published;
+        res.late_sends += st.late;
+        res.up_payload_bytes = res.up_payload_bytes.max(st.up_payload_bytes);
         if ctx.receipts {
             *res.receipts.get_or_insert(0) += st.receipts;
         }
@@ -599,8 +697,10 @@ pub(crate) async fn run_phase(
     res.lost = res.published.saturating_sub(res.delivered);
     res.unsent = res.messages - res.published;
     res.latency = Latency::of(&hist);
-    res.up_payload_bytes =
-        chat_up(0, &format!("{}@{recipient_domain}", user_name(phase.tag, 'r', 0)), 0).len();
+    if kind != Kind::Xmpp {
+        res.up_payload_bytes =
+            chat_up(0, &format!("{}@{recipient_domain}", user_name(phase.tag, 'r', 0)), 0).len();
+    }
     if let Some(last) = last_delivery {
         res.elapsed_s = round(last.saturating_duration_since(start).as_secs_f64(), 4);
         if res.elapsed_s > 0.0 {
@@ -669,7 +769,8 @@ impl Progress {
     fn new(kind: Kind, recipients: Recipients, phase: Phase, total: u64) -> Progress {
         let system = match recipients {
             Recipients::Local => format!("{kind:?}").to_lowercase(),
-            Recipients::Xmpp(_) => "federation".into(),
+            Recipients::Xmpp(_) if kind == Kind::Tern => "federation".into(),
+            Recipients::Xmpp(_) => "prosody".into(),
         };
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
         Progress { label: format!("{system} {}", phase.name), total, tty, shown: false }

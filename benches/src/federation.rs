@@ -18,27 +18,21 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::brokers::{self, Broker};
-use crate::chat::{phases, run_phase, user_name, Kind, LoadArgs, Recipients, Scratch, Settings, PASSWORD};
-use crate::prosody::{self, Prosody};
+use crate::chat::{phases, run_phase, users, Kind, LoadArgs, Recipients, Scratch, Settings, PASSWORD};
+use crate::prosody::{self, Prosody, ProsodyArgs};
 use crate::report::{finish, BrokerResult, Report};
 
 #[derive(clap::Args, Debug)]
 pub struct FederationArgs {
     #[command(flatten)]
     load: LoadArgs,
-    /// The Prosody binaries (Debian packages `prosody` and `lua-unbound`).
-    #[arg(long, default_value = "prosody")]
-    prosody_bin: PathBuf,
-    #[arg(long, default_value = "prosodyctl")]
-    prosodyctl_bin: PathBuf,
+    #[command(flatten)]
+    prosody: ProsodyArgs,
     /// XMPP clients send receipts in the throughput phase too. Off by default: tern (as of this
     /// writing) takes at most 100 stanzas/s (burst 200) from one peer and closes the stream of a
     /// faster one, whatever `[s2s] max_stanzas_per_sec` says, so flat-out receipts would be cut.
     #[arg(long)]
     throughput_receipts: bool,
-    /// Prosody's XMPP domain (the XMPP clients are `<user>@<this>`).
-    #[arg(long, default_value = "xmpp.test")]
-    xmpp_domain: String,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "bench-results/federation.json")]
     json: PathBuf,
@@ -100,10 +94,8 @@ async fn run_federation(args: &FederationArgs, s: &Settings, scratch: &Path) -> 
     let prosody_ip =
         prosody::free_loopback_ip(101, &[prosody::C2S_PORT, prosody::S2S_PORT], &[tern_ip]).await?;
     let prosody = Prosody::start(prosody::Options {
-        bin: &args.prosody_bin,
-        ctl: &args.prosodyctl_bin,
+        bins: &args.prosody,
         dir: &scratch.join("prosody"),
-        domain: &args.xmpp_domain,
         ip: prosody_ip,
         hosts: &[(load.domain.clone(), tern_ip)],
     })
@@ -118,7 +110,7 @@ async fn run_federation(args: &FederationArgs, s: &Settings, scratch: &Path) -> 
     let dir = scratch.join("tern");
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("tern.toml");
-    std::fs::write(&config, tern_config(tern_ip, &args.xmpp_domain, prosody.s2s))?;
+    std::fs::write(&config, tern_config(tern_ip, &prosody.domain, prosody.s2s))?;
     let tern = match brokers::start_tern(&load.tern_bin, &dir, &load.domain, Some(&config)).await {
         Ok(t) => t,
         Err(e) => {
@@ -147,13 +139,7 @@ async fn load_phases(
     tern_dir: &Path,
     prosody: &Prosody,
 ) -> anyhow::Result<BrokerResult> {
-    let (mut phones, mut clients) = (Vec::new(), Vec::new());
-    for p in phases(s) {
-        for i in 0..s.pairs {
-            phones.push(user_name(p.tag, 's', i));
-            clients.push(user_name(p.tag, 'r', i));
-        }
-    }
+    let (phones, clients) = (users(s, &['s']), users(s, &['r']));
     let t = std::time::Instant::now();
     let (a, b) = tokio::join!(
         brokers::add_users(&load.tern_bin, tern_dir, &phones, PASSWORD),

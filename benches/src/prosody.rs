@@ -16,6 +16,20 @@ use tokio::process::Command;
 
 use crate::brokers::{self, Broker};
 
+/// Where the Prosody binaries are, and its domain.
+#[derive(clap::Args, Debug)]
+pub struct ProsodyArgs {
+    /// The Prosody binary (Debian packages `prosody` and `lua-unbound`).
+    #[arg(long, default_value = "prosody")]
+    pub prosody_bin: PathBuf,
+    /// Its control program, to create the accounts.
+    #[arg(long, default_value = "prosodyctl")]
+    pub prosodyctl_bin: PathBuf,
+    /// Prosody's XMPP domain (the XMPP clients are `<user>@<this>`).
+    #[arg(long, default_value = "xmpp.test")]
+    pub xmpp_domain: String,
+}
+
 /// The standard c2s and s2s ports (RFC 6120 §14.7); peers find each other on 5269.
 pub const C2S_PORT: u16 = 5222;
 pub const S2S_PORT: u16 = 5269;
@@ -34,10 +48,8 @@ pub struct Prosody {
 
 /// Where the binaries are and what the server is to be.
 pub struct Options<'a> {
-    pub bin: &'a Path,
-    pub ctl: &'a Path,
+    pub bins: &'a ProsodyArgs,
     pub dir: &'a Path,
-    pub domain: &'a str,
     pub ip: IpAddr,
     /// Names the resolver answers (tern's domain → tern's s2s address).
     pub hosts: &'a [(String, IpAddr)],
@@ -49,7 +61,7 @@ fn lua_str(s: &str) -> String {
 
 fn config_text(o: &Options, dir: &Path, cert: &Path, key: &Path, hosts: &Path, resolv: &Path) -> String {
     let p = |name: &str| lua_str(&dir.join(name).to_string_lossy());
-    let (ip, domain) = (lua_str(&o.ip.to_string()), lua_str(o.domain));
+    let (ip, domain) = (lua_str(&o.ip.to_string()), lua_str(&o.bins.xmpp_domain));
     let (cert, key) = (lua_str(&cert.to_string_lossy()), lua_str(&key.to_string_lossy()));
     let (hosts, resolv) = (lua_str(&hosts.to_string_lossy()), lua_str(&resolv.to_string_lossy()));
     format!(
@@ -130,15 +142,16 @@ impl Prosody {
         std::fs::create_dir_all(dir.join("data"))?;
         std::fs::create_dir_all(dir.join("certs"))?;
         let (hosts, resolv) = (dir.join("hosts"), dir.join("resolv.conf"));
-        let mut lines = format!("{} {}\n", o.ip, o.domain);
+        let domain = o.bins.xmpp_domain.as_str();
+        let mut lines = format!("{} {domain}\n", o.ip);
         for (name, ip) in o.hosts {
             lines.push_str(&format!("{ip} {name}\n"));
         }
         std::fs::write(&hosts, lines)?;
         std::fs::write(&resolv, "nameserver 127.0.0.1\n")?;
-        let cert = dir.join("certs").join(format!("{}.crt", o.domain));
-        let key = dir.join("certs").join(format!("{}.key", o.domain));
-        make_cert(&cert, &key, o.domain).await?;
+        let cert = dir.join("certs").join(format!("{domain}.crt"));
+        let key = dir.join("certs").join(format!("{domain}.key"));
+        make_cert(&cert, &key, domain).await?;
         let config = dir.join("prosody.cfg.lua");
         std::fs::write(&config, config_text(&o, dir, &cert, &key, &hosts, &resolv))?;
 
@@ -150,7 +163,8 @@ impl Prosody {
             }
         }
         let out = std::fs::File::create(dir.join("prosody.stdout"))?;
-        let child = Command::new(o.bin)
+        let bin = &o.bins.prosody_bin;
+        let child = Command::new(bin)
             .arg("--config")
             .arg(&config)
             .arg("-F")
@@ -161,7 +175,7 @@ impl Prosody {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| {
-                format!("starting {} (install the Debian packages prosody and lua-unbound)", o.bin.display())
+                format!("starting {} (install the Debian packages prosody and lua-unbound)", bin.display())
             })?;
         let mut broker = Broker::from_child(child, c2s, prosody_version())?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -182,7 +196,7 @@ impl Prosody {
             broker.stop().await;
             bail!("prosody runs without lua-unbound and would not read its hosts file (apt-get install lua-unbound)");
         }
-        Ok(Prosody { broker, domain: o.domain.to_owned(), s2s, config, ctl: o.ctl.to_owned() })
+        Ok(Prosody { broker, domain: domain.to_owned(), s2s, config, ctl: o.bins.prosodyctl_bin.clone() })
     }
 
     /// Creates `user@domain` for every name, four `prosodyctl register` at a time.

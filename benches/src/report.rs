@@ -315,8 +315,8 @@ fn print_table(r: &Report) {
     row(&format!("  sender's link ({})", s.sender_link), a, b, 1, true);
     let (a, b) = leg(|x| x.recipient_link);
     row(&format!("  recipient's link ({})", s.recipient_link), a, b, 1, true);
-    if s.xmpp.is_some() {
-        // The comparison `federation` is for: a phone's link against an XMPP client's.
+    if r.scenario == "federation" {
+        // The comparison this scenario is for: a phone's link against an XMPP client's.
         let (a, b) = leg(|x| round(x.sender_link / x.recipient_link, 3));
         row("  sender's link / recipient's link", a, b, 2, false);
     }

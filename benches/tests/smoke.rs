@@ -75,3 +75,14 @@ fn chat_quick_runs_clean_against_mosquitto() {
         assert_eq!(p["delivered"], p["messages"], "{p}");
     }
 }
+
+#[test]
+fn chat_quick_runs_clean_against_prosody() {
+    let r = run_quick("chat", &["--against", "prosody"]);
+    let reference = &r["reference"];
+    assert_eq!(reference["broker"], "prosody");
+    let p = phase(reference, "wire");
+    assert_eq!(p["delivered"], p["messages"], "{p}");
+    assert!(p["bytes"]["recipient_down"].as_f64().unwrap() > 0.0, "{p}");
+    assert!(r["ratio_tern_over_reference"]["bytes_per_msg"].as_f64().is_some());
+}

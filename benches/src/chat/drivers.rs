@@ -39,7 +39,7 @@ impl Ctx {
     }
 }
 
-fn micros_since(epoch: Instant) -> u64 {
+pub(crate) fn micros_since(epoch: Instant) -> u64 {
     epoch.elapsed().as_micros() as u64
 }
 
@@ -57,6 +57,11 @@ pub(crate) struct SenderStats {
     pub(crate) acked: u64,
     /// Delivery receipts that came back (XMPP recipients only).
     pub(crate) receipts: u64,
+    /// Messages sent and sends behind schedule, for senders that publish themselves (XMPP).
+    pub(crate) published: u64,
+    pub(crate) late: u64,
+    /// Length of one message as sent, for senders that publish themselves (XMPP).
+    pub(crate) up_payload_bytes: usize,
     pub(crate) error_downs: u64,
     pub(crate) unexpected: u64,
     pub(crate) unexpected_samples: Vec<String>,
@@ -156,7 +161,7 @@ pub(crate) fn client(
     let user = user_name(tag, role, pair);
     let client_id = match kind {
         Kind::Tern => DEVICE.to_owned(),
-        Kind::Mosquitto => user.clone(),
+        Kind::Mosquitto | Kind::Xmpp => user.clone(),
     };
     let mut o = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
     o.set_credentials(user, PASSWORD);
@@ -225,7 +230,7 @@ pub(crate) async fn sender_driver(
                     }
                     match ctx.kind {
                         Kind::Tern => token_wait = Some(Box::pin(tokio::time::sleep(Duration::from_secs(5)))),
-                        Kind::Mosquitto => {
+                        Kind::Mosquitto | Kind::Xmpp => {
                             ready = true;
                             let _ = notes.send(Note::Ready);
                         }
@@ -266,7 +271,7 @@ pub(crate) async fn sender_driver(
                             }
                         }
                     },
-                    Kind::Mosquitto => st.unexpected += 1,
+                    Kind::Mosquitto | Kind::Xmpp => st.unexpected += 1,
                 },
                 Ok(_) => {}
                 Err(e) => {
@@ -313,7 +318,7 @@ pub(crate) async fn recipient_driver(
                     }
                     match ctx.kind {
                         Kind::Tern => token_wait = Some(Box::pin(tokio::time::sleep(Duration::from_secs(5)))),
-                        Kind::Mosquitto => {
+                        Kind::Mosquitto | Kind::Xmpp => {
                             if let Err(e) = client.try_subscribe(&topic, QoS::AtLeastOnce) {
                                 let _ = notes.send(Note::SetupFailed(format!("subscribe: {e}")));
                                 break;
@@ -353,7 +358,7 @@ pub(crate) async fn recipient_driver(
                                 None
                             }
                         },
-                        Kind::Mosquitto => match Up::decode(p.payload.as_ref()) {
+                        Kind::Mosquitto | Kind::Xmpp => match Up::decode(p.payload.as_ref()) {
                             Ok(Up { id, body: Some(up::Body::Chat(c)) }) if p.topic == topic => Some((id, c.body)),
                             other => {
                                 if ctx.running() {
@@ -387,37 +392,53 @@ pub(crate) async fn recipient_driver(
     st
 }
 
-/// Publishes `n` chat messages, flat out or at `rate` per second from `start + offset`.
-/// Returns (published, late sends).
-#[allow(clippy::too_many_arguments)]
+/// When one sender sends: flat out from `start`, or at `rate` per second from `start + offset`;
+/// nothing after `deadline`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Schedule {
+    pub(crate) start: Instant,
+    pub(crate) offset: Duration,
+    pub(crate) rate: Option<f64>,
+    pub(crate) deadline: Instant,
+}
+
+impl Schedule {
+    /// When message `k` is due; `None` past the deadline.
+    pub(crate) fn due(&self, k: u64) -> Option<Instant> {
+        let at = match self.rate {
+            Some(r) => self.start + self.offset + Duration::from_secs_f64(k as f64 / r),
+            None => self.start,
+        };
+        (at <= self.deadline).then_some(at)
+    }
+
+    /// Whether a message due `at` and sent now left more than 5 ms behind schedule (only a
+    /// paced sender can be late).
+    pub(crate) fn late(&self, at: Instant) -> bool {
+        self.rate.is_some() && Instant::now().duration_since(at) > Duration::from_millis(5)
+    }
+}
+
+/// Publishes `n` chat messages on `schedule`. Returns (published, late sends).
 pub(crate) async fn publisher(
     ctx: Arc<Ctx>,
     client: AsyncClient,
     topic: String,
     peer: String,
     n: u64,
-    rate: Option<f64>,
-    start: Instant,
-    offset: Duration,
-    deadline: Instant,
+    schedule: Schedule,
 ) -> (u64, u64) {
     let mut published = 0;
     let mut late = 0;
-    tokio::time::sleep_until(start).await;
     for k in 0..n {
-        if let Some(r) = rate {
-            let at = start + offset + Duration::from_secs_f64(k as f64 / r);
-            if at > deadline {
-                break;
-            }
-            tokio::time::sleep_until(at).await;
-            if Instant::now().duration_since(at) > Duration::from_millis(5) {
-                late += 1;
-            }
+        let Some(at) = schedule.due(k) else { break };
+        tokio::time::sleep_until(at).await;
+        if schedule.late(at) {
+            late += 1;
         }
         let payload = chat_up(k, &peer, micros_since(ctx.epoch));
         match tokio::time::timeout_at(
-            deadline,
+            schedule.deadline,
             client.publish(topic.as_str(), QoS::AtLeastOnce, false, payload),
         )
         .await

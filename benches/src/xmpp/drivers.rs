@@ -1,5 +1,5 @@
-//! The bench's XMPP client tasks: a recipient that answers each message with a delivery receipt,
-//! as a legacy client does (XEP-0184 §5.1).
+//! The bench's XMPP client tasks: a sender that asks for delivery receipts, and a recipient that
+//! answers each message with one, as legacy clients do (XEP-0184 §5.1).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,10 +9,11 @@ use tern_bridge::mapping::NS_RECEIPTS;
 use tern_bridge::stanza::{Message, MessageType};
 use tern_bridge::stream::NS_CLIENT;
 use tern_bridge::{Element, Jid, StreamEvent};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::conn::Conn;
-use crate::chat::drivers::{Ctx, Note, RecipientStats};
+use crate::chat::drivers::{micros_since, Ctx, Note, RecipientStats, Schedule, SenderStats};
+use crate::chat::{message_id, BODY_LEN};
 
 /// Time a client may take to connect, authenticate and bind.
 const LOGIN_LIMIT: Duration = Duration::from_secs(30);
@@ -28,6 +29,36 @@ pub struct Account {
     pub password: String,
     /// The resource to bind.
     pub resource: String,
+}
+
+/// Logs in and reports `Ready`, or reports the setup failure.
+async fn login(account: &Account, notes: &mpsc::UnboundedSender<Note>) -> Option<Conn> {
+    let a = account;
+    match Conn::login(a.addr, &a.jid, &a.password, &a.resource, LOGIN_LIMIT).await {
+        Ok(c) => {
+            let _ = notes.send(Note::Ready);
+            Some(c)
+        }
+        Err(e) => {
+            let _ = notes.send(Note::SetupFailed(format!("{}: {e:#}", a.jid)));
+            None
+        }
+    }
+}
+
+/// A broken stream during the load: an error of the phase, which stops waiting.
+fn broken(errors: &mut Vec<String>, notes: &mpsc::UnboundedSender<Note>, jid: &Jid, what: String) {
+    errors.push(format!("{jid}: {what}"));
+    let _ = notes.send(Note::Failed);
+}
+
+/// The element a stream event carries; anything else (the stream's end, an error) described.
+fn element(ev: anyhow::Result<StreamEvent>) -> Result<Element, String> {
+    match ev {
+        Ok(StreamEvent::Element(el)) => Ok(el),
+        Ok(other) => Err(format!("stream ended: {other:?}")),
+        Err(e) => Err(format!("{e:#}")),
+    }
 }
 
 /// The receipt a legacy client sends for `msg` (XEP-0184 §5.1): to the sender's full JID, with
@@ -53,38 +84,17 @@ pub(crate) async fn recipient_driver(
     mut stop: watch::Receiver<bool>,
 ) -> RecipientStats {
     let mut st = RecipientStats::new(expect);
-    let mut conn = match Conn::login(
-        account.addr,
-        &account.jid,
-        &account.password,
-        &account.resource,
-        LOGIN_LIMIT,
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = notes.send(Note::SetupFailed(format!("{}: {e:#}", account.jid)));
-            return st;
-        }
-    };
-    let _ = notes.send(Note::Ready);
+    let Some(mut conn) = login(&account, &notes).await else { return st };
     let mut out = String::new();
     loop {
         let ev = tokio::select! {
             _ = stop.changed() => break,
             ev = conn.next_event() => ev,
         };
-        let el = match ev {
-            Ok(StreamEvent::Element(el)) => el,
-            Ok(other) => {
-                st.errors.push(format!("{}: stream ended: {other:?}", account.jid));
-                let _ = notes.send(Note::Failed);
-                return st;
-            }
-            Err(e) => {
-                st.errors.push(format!("{}: {e:#}", account.jid));
-                let _ = notes.send(Note::Failed);
+        let el = match element(ev) {
+            Ok(el) => el,
+            Err(what) => {
+                broken(&mut st.errors, &notes, &account.jid, what);
                 return st;
             }
         };
@@ -114,8 +124,15 @@ pub(crate) async fn recipient_driver(
         if msg.from.as_ref().map(|f| f.to_string()).as_deref() != Some(expected_peer.as_str()) {
             st.wrong_peer += 1;
         }
-        // The stanza as the client got it (re-serialised: the same length up to quoting).
-        let len = if st.down_payload_bytes == 0 { el.to_string().len() } else { st.down_payload_bytes };
+        // The stanza as the client got it (re-serialised in the stream: the same length up to
+        // quoting).
+        let len = if st.down_payload_bytes == 0 {
+            let mut stanza = String::new();
+            el.write_in_stream(NS_CLIENT, &mut stanza);
+            stanza.len()
+        } else {
+            st.down_payload_bytes
+        };
         st.deliver(&ctx, id, body, len, &notes);
         if ctx.receipts && msg.payload("request", NS_RECEIPTS).is_some() {
             receipt_for(&msg, id).write_in_stream(NS_CLIENT, &mut out);
@@ -124,11 +141,96 @@ pub(crate) async fn recipient_driver(
         // the socket leave in one write (the same bytes as one write each).
         if !out.is_empty() && !conn.has_pending() {
             if let Err(e) = conn.send_raw(&out).await {
-                st.errors.push(format!("{}: sending receipts: {e:#}", account.jid));
-                let _ = notes.send(Note::Failed);
+                broken(&mut st.errors, &notes, &account.jid, format!("sending receipts: {e:#}"));
                 return st;
             }
             out.clear();
+        }
+    }
+    conn.close().await;
+    st
+}
+
+/// Chat message `k` to `peer`, the send time in the body like the phones' (`chat_up`), asking
+/// for a receipt when `receipt`.
+fn chat_message(k: u64, peer: &Jid, sent_us: u64, receipt: bool) -> Element {
+    let mut m = Message::new(MessageType::Chat);
+    m.to = Some(peer.clone());
+    m.id = Some(message_id(k));
+    m.body = Some(format!("{sent_us:0BODY_LEN$}"));
+    if receipt {
+        m.payloads.push(Element::new("request", NS_RECEIPTS));
+    }
+    m.to_element(NS_CLIENT)
+}
+
+/// Logs in, reports `Ready`, waits for its schedule, then sends `n` messages to `peer` on it
+/// while counting the receipts that come back. With receipts, at most `window` messages are
+/// without one (the only acknowledgement a legacy client gets); without, it sends flat out.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn sender_driver(
+    ctx: Arc<Ctx>,
+    account: Account,
+    peer: Jid,
+    n: u64,
+    window: u16,
+    schedule: oneshot::Receiver<Schedule>,
+    notes: mpsc::UnboundedSender<Note>,
+    mut stop: watch::Receiver<bool>,
+) -> SenderStats {
+    let mut st = SenderStats::default();
+    let Some(mut conn) = login(&account, &notes).await else { return st };
+    let schedule = tokio::select! {
+        _ = stop.changed() => None,
+        s = schedule => s.ok(),
+    };
+    let Some(schedule) = schedule else {
+        conn.close().await;
+        return st;
+    };
+    let mut out = String::new();
+    let mut k = 0;
+    let mut done = false;
+    loop {
+        let window_open = !ctx.receipts || k - st.receipts < u64::from(window);
+        let due = if k < n && window_open { schedule.due(k) } else { None };
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep_until(due.unwrap_or(schedule.deadline)), if due.is_some() => {
+                let at = due.unwrap_or(schedule.deadline);
+                if schedule.late(at) {
+                    st.late += 1;
+                }
+                out.clear();
+                chat_message(k, &peer, micros_since(ctx.epoch), ctx.receipts).write_in_stream(NS_CLIENT, &mut out);
+                st.up_payload_bytes = out.len();
+                if let Err(e) = conn.send_raw(&out).await {
+                    broken(&mut st.errors, &notes, &account.jid, format!("sending: {e:#}"));
+                    return st;
+                }
+                st.published += 1;
+                k += 1;
+            }
+            ev = conn.next_event() => match element(ev) {
+                Ok(el) => {
+                    let receipt = el.name() == "message"
+                        && el.elements().any(|p| p.is("received", NS_RECEIPTS));
+                    if receipt && ctx.running() {
+                        st.receipts += 1;
+                    } else if el.name() == "message" {
+                        st.unexpected += 1;
+                        note(&mut st.unexpected_samples, el.to_string());
+                    }
+                }
+                Err(what) => {
+                    broken(&mut st.errors, &notes, &account.jid, what);
+                    return st;
+                }
+            },
+        }
+        if !done && st.published == n && (!ctx.receipts || st.receipts >= n) {
+            done = true;
+            let _ = notes.send(Note::SenderDone);
         }
     }
     conn.close().await;
