@@ -22,30 +22,27 @@
 //!
 //! Every phase checks that each message arrived exactly once.
 //!
-//! This file is the scenario runner (settings, phases, payloads); the per-connection drivers
-//! are in `chat/drivers.rs`, the results and the table in `chat/report.rs`.
+//! With `--against prosody` the reference is XMPP c2s clients chatting through one Prosody
+//! (one `<message/>` per chat message, no receipts: tern's phones send none here either).
+//!
+//! This file is the scenario (settings, phases, payloads); one phase is run by `chat/phase.rs`
+//! (shared with `federation`), the per-connection tasks are in `chat/drivers.rs` and `xmpp/`,
+//! the results and the table in `report.rs`.
 
 pub(crate) mod drivers;
+mod phase;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::bail;
 use prost::Message;
-use rumqttc::AsyncClient;
 use serde::Serialize;
-use tern_bridge::Jid;
 use tern_schemas::v1::{up, Chat, Up};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
 
-use crate::brokers::{self, Broker};
+use crate::brokers;
 use crate::prosody::{self, Prosody, ProsodyArgs};
-use crate::proxy::{Proxy, Snapshot};
-use crate::report::{finish, new_histogram, round, BrokerResult, Bytes, Latency, PhaseResult, Report};
-use crate::xmpp;
-use drivers::{client, publisher, recipient_driver, sender_driver, Ctx, Note, Schedule};
+use crate::report::{finish, round, BrokerResult, Report};
+pub(crate) use phase::{run_phase, Kind, Recipients};
 
 pub(crate) const PASSWORD: &str = "bench-pw";
 pub(crate) const DEVICE: &str = "phone";
@@ -54,7 +51,7 @@ pub(crate) const BODY_LEN: usize = 20;
 /// Message id length: base64url of the per-sender message number.
 const ID_LEN: usize = 6;
 /// Time given to the last PUBACKs to cross the proxy before the counters are read.
-const SETTLE: Duration = Duration::from_millis(150);
+pub(crate) const SETTLE: Duration = Duration::from_millis(150);
 
 #[derive(clap::Args, Debug)]
 pub struct ChatArgs {
@@ -181,43 +178,6 @@ impl Settings {
         anyhow::ensure!((1..=3600).contains(&s.timeout_s), "--timeout must be 1..=3600 s");
         Ok(s)
     }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Kind {
-    /// Phones on tern (MQTT, `Up`/`Down` envelopes).
-    Tern,
-    /// Raw MQTT pub/sub on mosquitto.
-    Mosquitto,
-    /// XMPP c2s clients (on Prosody); only ever senders or recipients of the XMPP drivers.
-    Xmpp,
-}
-
-/// How the load reaches a sender once the phase starts.
-enum SenderHandle {
-    /// An MQTT client that a publisher task publishes through.
-    Mqtt(AsyncClient),
-    /// An XMPP client, which sends on its own once it has the schedule.
-    Xmpp(oneshot::Sender<Schedule>),
-}
-
-/// An XMPP client account of the bench.
-fn xmpp_account(addr: std::net::SocketAddr, user: &str, domain: &str) -> anyhow::Result<xmpp::Account> {
-    Ok(xmpp::Account {
-        addr,
-        jid: Jid::new(Some(user), domain, None)?,
-        password: PASSWORD.to_owned(),
-        resource: DEVICE.to_owned(),
-    })
-}
-
-/// Where a phase's recipients are.
-#[derive(Clone, Copy)]
-pub(crate) enum Recipients<'a> {
-    /// MQTT clients of the senders' broker.
-    Local,
-    /// XMPP clients of this Prosody, which tern reaches over s2s; they send receipts.
-    Xmpp(&'a Prosody),
 }
 
 /// One phase of the workload.
@@ -459,7 +419,7 @@ fn parse_message_id(id: &str) -> Option<u64> {
     id.bytes().try_fold(0u64, |k, c| Some(k * 64 + B64.iter().position(|&b| b == c)? as u64))
 }
 
-fn chat_up(k: u64, peer: &str, sent_us: u64) -> Vec<u8> {
+pub(crate) fn chat_up(k: u64, peer: &str, sent_us: u64) -> Vec<u8> {
     Up {
         id: message_id(k),
         body: Some(up::Body::Chat(Chat {
@@ -469,335 +429,6 @@ fn chat_up(k: u64, peer: &str, sent_us: u64) -> Vec<u8> {
         })),
     }
     .encode_to_vec()
-}
-
-// ---------------------------------------------------------------------------------------------
-// One phase
-
-/// Runs one phase: `kind` senders on `broker` (`domain`), each sending to its recipient.
-pub(crate) async fn run_phase(
-    kind: Kind,
-    broker: &Broker,
-    recipients: Recipients<'_>,
-    domain: &str,
-    s: &Settings,
-    phase: Phase,
-) -> anyhow::Result<PhaseResult> {
-    let pairs = s.pairs;
-    let per_pair = phase.messages / pairs as u64;
-    let prosody = match recipients {
-        Recipients::Local => None,
-        Recipients::Xmpp(p) => Some(p),
-    };
-    // The XMPP server's CPU is reported apart only when it is not the senders' server.
-    let peer = prosody.filter(|p| p.broker.pid() != broker.pid());
-    let ctx = Arc::new(Ctx::new(kind, prosody.is_some() && phase.receipts));
-    let recipient_server = prosody.map_or(broker.addr, |p| p.broker.addr);
-    let recipient_domain = prosody.map_or(domain, |p| p.domain.as_str());
-    let (sender_proxy, recipient_proxy) = if phase.proxy {
-        (Some(Proxy::start(broker.addr).await?), Some(Proxy::start(recipient_server).await?))
-    } else {
-        (None, None)
-    };
-    let sender_addr = sender_proxy.as_ref().map_or(broker.addr, |p| p.addr);
-    let recipient_addr = recipient_proxy.as_ref().map_or(recipient_server, |p| p.addr);
-    let (notes_tx, mut notes) = mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = watch::channel(false);
-
-    // Setup: connect everyone (tern: password login, then the token arrives; mosquitto: subscribe).
-    let setup_started = Instant::now();
-    let mut senders = Vec::new();
-    let mut recipient_tasks = Vec::new();
-    let mut sender_handles = Vec::new();
-    for i in 0..pairs {
-        let expected_peer = format!("{}@{domain}/{DEVICE}", user_name(phase.tag, 's', i));
-        let recipient = user_name(phase.tag, 'r', i);
-        recipient_tasks.push(if prosody.is_some() {
-            tokio::spawn(xmpp::drivers::recipient_driver(
-                ctx.clone(),
-                xmpp_account(recipient_addr, &recipient, recipient_domain)?,
-                per_pair,
-                expected_peer,
-                notes_tx.clone(),
-                stop_rx.clone(),
-            ))
-        } else {
-            let (rc, rel) = client(kind, phase.tag, 'r', i, recipient_addr, s.inflight_per_sender);
-            tokio::spawn(recipient_driver(
-                ctx.clone(),
-                rc,
-                rel,
-                i,
-                per_pair,
-                expected_peer,
-                notes_tx.clone(),
-                stop_rx.clone(),
-            ))
-        });
-        if kind == Kind::Xmpp {
-            let (tx, rx) = oneshot::channel();
-            sender_handles.push(SenderHandle::Xmpp(tx));
-            senders.push(tokio::spawn(xmpp::drivers::sender_driver(
-                ctx.clone(),
-                xmpp_account(sender_addr, &user_name(phase.tag, 's', i), domain)?,
-                Jid::new(Some(&recipient), recipient_domain, None)?,
-                per_pair,
-                s.inflight_per_sender,
-                rx,
-                notes_tx.clone(),
-                stop_rx.clone(),
-            )));
-            continue;
-        }
-        let (sc, sel) = client(kind, phase.tag, 's', i, sender_addr, s.inflight_per_sender);
-        sender_handles.push(SenderHandle::Mqtt(sc.clone()));
-        senders.push(tokio::spawn(sender_driver(
-            ctx.clone(),
-            sc,
-            sel,
-            per_pair,
-            notes_tx.clone(),
-            stop_rx.clone(),
-        )));
-    }
-    let setup_deadline = Instant::now() + Duration::from_secs(60);
-    let mut ready = 0;
-    while ready < 2 * pairs {
-        match tokio::time::timeout_at(setup_deadline, notes.recv()).await {
-            Ok(Some(Note::Ready)) => ready += 1,
-            Ok(Some(Note::SetupFailed(e))) => {
-                let _ = stop_tx.send(true);
-                bail!("{kind:?} {} phase: a client failed to set up: {e}", phase.name);
-            }
-            Ok(_) => {}
-            Err(_) => {
-                let _ = stop_tx.send(true);
-                bail!(
-                    "{kind:?} {} phase: only {ready} of {} clients ready after 60 s",
-                    phase.name,
-                    2 * pairs
-                );
-            }
-        }
-    }
-    let setup_s = setup_started.elapsed().as_secs_f64();
-    // Let whatever the broker sends after a login (tern: presence) arrive and be acknowledged
-    // before the counters are read: wait for SETTLE, then until they stand still for 50 ms.
-    let snap = |p: &Option<Proxy>| p.as_ref().map(|p| p.snapshot()).unwrap_or_default();
-    tokio::time::sleep(SETTLE).await;
-    let quiet_deadline = Instant::now() + Duration::from_secs(3);
-    let (mut s0, mut r0) = (snap(&sender_proxy), snap(&recipient_proxy));
-    while Instant::now() < quiet_deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let (s, r) = (snap(&sender_proxy), snap(&recipient_proxy));
-        if (s.up, s.down, r.up, r.down) == (s0.up, s0.down, r0.up, r0.down) {
-            break;
-        }
-        (s0, r0) = (s, r);
-    }
-    ctx.running.store(true, std::sync::atomic::Ordering::SeqCst);
-    let cpu0 = broker.cpu_ms();
-    let peer_cpu0 = peer.and_then(|p| p.broker.cpu_ms());
-    let own0 = brokers::cpu_ms("/proc/self/stat");
-
-    // Load.
-    let start = Instant::now() + Duration::from_millis(20);
-    let deadline = start + Duration::from_secs(s.timeout_s);
-    let rate_per_pair = phase.rate.map(|r| r / pairs as f64);
-    let mut publishers = Vec::new();
-    for (i, handle) in sender_handles.into_iter().enumerate() {
-        // Spread the senders evenly over one period of the total rate.
-        let offset = phase.rate.map_or(Duration::ZERO, |r| Duration::from_secs_f64(i as f64 / r));
-        let schedule = Schedule { start, offset, rate: rate_per_pair, deadline };
-        let client = match handle {
-            SenderHandle::Mqtt(c) => c,
-            SenderHandle::Xmpp(tx) => {
-                let _ = tx.send(schedule);
-                continue;
-            }
-        };
-        let topic = match kind {
-            Kind::Tern => "u".to_owned(),
-            Kind::Mosquitto | Kind::Xmpp => format!("c/{i}"),
-        };
-        let peer = format!("{}@{recipient_domain}", user_name(phase.tag, 'r', i));
-        publishers.push(tokio::spawn(publisher(ctx.clone(), client, topic, peer, per_pair, schedule)));
-    }
-    let (mut senders_done, mut recipients_done) = (0, 0);
-    let mut progress = Progress::new(kind, recipients, phase, per_pair * pairs as u64);
-    let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
-    while senders_done < pairs || recipients_done < pairs {
-        tokio::select! {
-            note = tokio::time::timeout_at(deadline, notes.recv()) => match note {
-                Ok(Some(Note::SenderDone)) => senders_done += 1,
-                Ok(Some(Note::RecipientDone)) => recipients_done += 1,
-                Ok(Some(Note::Failed)) => break,
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break,
-            },
-            _ = tick.tick() => progress.show(&ctx, start),
-        }
-    }
-    progress.done();
-    tokio::time::sleep(SETTLE).await;
-    let (s1, r1) = (snap(&sender_proxy), snap(&recipient_proxy));
-    let cpu1 = broker.cpu_ms();
-    let peer_cpu1 = peer.and_then(|p| p.broker.cpu_ms());
-    let own1 = brokers::cpu_ms("/proc/self/stat");
-    let _ = stop_tx.send(true);
-
-    // Collect.
-    let mut res = PhaseResult {
-        phase: phase.name.into(),
-        messages: per_pair * pairs as u64,
-        setup_s: round(setup_s, 3),
-        target_rate: phase.rate,
-        ..Default::default()
-    };
-    for p in publishers {
-        p.abort();
-        if let Ok((published, late)) = p.await {
-            res.published += published;
-            res.late_sends += late;
-        }
-    }
-    let mut hist = new_histogram();
-    let mut last_delivery: Option<Instant> = None;
-    for r in recipient_tasks {
-        let st = r.await?;
-        res.delivered += st.delivered;
-        res.duplicated += st.duplicated;
-        res.unexpected += st.unexpected;
-        res.unexpected_samples.extend(st.unexpected_samples);
-        res.setup_downs += st.setup_downs;
-        res.setup_samples.extend(st.setup_samples);
-        res.wrong_peer += st.wrong_peer;
-        res.seq_regressions += st.seq_regressions;
-        res.down_payload_bytes = res.down_payload_bytes.max(st.down_payload_bytes);
-        res.errors.extend(st.errors);
-        hist.add(&st.hist)?;
-        last_delivery = last_delivery.max(st.last_delivery);
-    }
-    for snd in senders {
-        let st = snd.await?;
-        res.acked += st.acked;
-        res.published += st.published;
-        res.late_sends += st.late;
-        res.up_payload_bytes = res.up_payload_bytes.max(st.up_payload_bytes);
-        if ctx.receipts {
-            *res.receipts.get_or_insert(0) += st.receipts;
-        }
-        res.error_downs += st.error_downs;
-        res.unexpected += st.unexpected;
-        res.unexpected_samples.extend(st.unexpected_samples);
-        res.setup_downs += st.setup_downs;
-        res.setup_samples.extend(st.setup_samples);
-        res.errors.extend(st.errors);
-    }
-    res.lost = res.published.saturating_sub(res.delivered);
-    res.unsent = res.messages - res.published;
-    res.latency = Latency::of(&hist);
-    if kind != Kind::Xmpp {
-        res.up_payload_bytes =
-            chat_up(0, &format!("{}@{recipient_domain}", user_name(phase.tag, 'r', 0)), 0).len();
-    }
-    if let Some(last) = last_delivery {
-        res.elapsed_s = round(last.saturating_duration_since(start).as_secs_f64(), 4);
-        if res.elapsed_s > 0.0 {
-            res.msgs_per_s = round(res.delivered as f64 / res.elapsed_s, 1);
-        }
-    }
-    if phase.proxy && res.delivered > 0 {
-        let (sd, rd): (Snapshot, Snapshot) = (s1.since(s0), r1.since(r0));
-        let n = res.delivered as f64;
-        let total = sd.up + sd.down + rd.up + rd.down;
-        res.bytes = Some(Bytes {
-            sender_up: round(sd.up as f64 / n, 2),
-            sender_down: round(sd.down as f64 / n, 2),
-            recipient_down: round(rd.down as f64 / n, 2),
-            recipient_up: round(rd.up as f64 / n, 2),
-            sender_link: round((sd.up + sd.down) as f64 / n, 2),
-            recipient_link: round((rd.up + rd.down) as f64 / n, 2),
-            total: round(total as f64 / n, 2),
-            total_bytes: total,
-            setup_per_client: round((s0.up + s0.down + r0.up + r0.down) as f64 / (2 * pairs) as f64, 1),
-        });
-    }
-    if let (Some(a), Some(b)) = (cpu0, cpu1) {
-        res.broker_cpu_ms = Some(round(b - a, 1));
-        if res.delivered > 0 {
-            res.broker_cpu_us_per_msg = Some(round((b - a) * 1000.0 / res.delivered as f64, 2));
-        }
-    }
-    if let (Some(a), Some(b)) = (peer_cpu0, peer_cpu1) {
-        if res.delivered > 0 {
-            res.peer_cpu_us_per_msg = Some(round((b - a) * 1000.0 / res.delivered as f64, 2));
-        }
-    }
-    if let (Some(a), Some(b)) = (own0, own1) {
-        if res.delivered > 0 {
-            res.client_cpu_us_per_msg = Some(round((b - a) * 1000.0 / res.delivered as f64, 2));
-        }
-    }
-    drop(sender_proxy);
-    drop(recipient_proxy);
-    eprintln!(
-        "tern-bench: {:<22} delivered {}/{} in {:.2} s ({:.0}/s), p50 {} µs, p99 {} µs, lost {}, dup {}",
-        progress.label,
-        res.delivered,
-        res.messages,
-        res.elapsed_s,
-        res.msgs_per_s,
-        res.latency.p50_us,
-        res.latency.p99_us,
-        res.lost,
-        res.duplicated
-    );
-    Ok(res)
-}
-
-/// The progress line of a running phase on stderr: delivered so far and the rate, once a second
-/// (rewritten in place on a terminal, one line per second otherwise).
-struct Progress {
-    label: String,
-    total: u64,
-    tty: bool,
-    shown: bool,
-}
-
-impl Progress {
-    fn new(kind: Kind, recipients: Recipients, phase: Phase, total: u64) -> Progress {
-        let system = match recipients {
-            Recipients::Local => format!("{kind:?}").to_lowercase(),
-            Recipients::Xmpp(_) if kind == Kind::Tern => "federation".into(),
-            Recipients::Xmpp(_) => "prosody".into(),
-        };
-        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        Progress { label: format!("{system} {}", phase.name), total, tty, shown: false }
-    }
-
-    fn show(&mut self, ctx: &Ctx, start: Instant) {
-        let n = ctx.delivered.load(std::sync::atomic::Ordering::Relaxed);
-        let secs = start.elapsed().as_secs_f64();
-        let line = format!(
-            "tern-bench: {:<22} {n:>8}/{} delivered, {:>7.0} msgs/s, {secs:>5.1} s",
-            self.label,
-            self.total,
-            n as f64 / secs.max(1e-3)
-        );
-        if self.tty {
-            eprint!("\r{line}");
-        } else {
-            eprintln!("{line}");
-        }
-        self.shown = true;
-    }
-
-    fn done(&self) {
-        if self.tty && self.shown {
-            eprintln!();
-        }
-    }
 }
 
 pub(crate) fn loadavg() -> String {
