@@ -12,13 +12,16 @@
 //! a fixed rate), run by the same code, and so are the figures. The byte comparison this
 //! scenario exists for is in the `wire` phase: the phone's MQTT link (PUBLISH + PUBACK, receipt
 //! PUBLISH + PUBACK) against the XMPP client's c2s link (message in, receipt out) for the same
-//! conversation, per delivered message.
+//! conversation, per delivered message. A fourth phase, `reverse`, runs `wire` the other way:
+//! XMPP clients send, phones receive and answer with `Up{receipt}`.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::brokers::{self, Broker};
-use crate::chat::{phases, run_phase, users, Kind, LoadArgs, Recipients, Scratch, Settings, PASSWORD};
+use crate::chat::{
+    phases, run_phase, user_name, users, Kind, LoadArgs, Phase, Recipients, Scratch, Settings, PASSWORD,
+};
 use crate::prosody::{self, Prosody, ProsodyArgs};
 use crate::report::{finish, BrokerResult, Report};
 
@@ -131,6 +134,18 @@ async fn run_federation(args: &FederationArgs, s: &Settings, scratch: &Path) -> 
     result
 }
 
+/// The way back, XMPP clients to phones (receipts from the phones), through proxies like `wire`.
+fn reverse_phase(s: &Settings) -> Phase {
+    Phase {
+        name: "reverse",
+        tag: "v",
+        messages: s.wire_messages,
+        rate: Some(s.latency_rate),
+        proxy: true,
+        receipts: true,
+    }
+}
+
 async fn load_phases(
     load: &LoadArgs,
     throughput_receipts: bool,
@@ -139,7 +154,10 @@ async fn load_phases(
     tern_dir: &Path,
     prosody: &Prosody,
 ) -> anyhow::Result<BrokerResult> {
-    let (phones, clients) = (users(s, &['s']), users(s, &['r']));
+    let (mut phones, mut clients) = (users(s, &['s']), users(s, &['r']));
+    let reverse = reverse_phase(s);
+    phones.extend((0..s.pairs).map(|i| user_name(reverse.tag, 'r', i)));
+    clients.extend((0..s.pairs).map(|i| user_name(reverse.tag, 's', i)));
     let t = std::time::Instant::now();
     let (a, b) = tokio::join!(
         brokers::add_users(&load.tern_bin, tern_dir, &phones, PASSWORD),
@@ -171,6 +189,9 @@ async fn load_phases(
         }
         out.phases.push(run_phase(Kind::Tern, tern, Recipients::Xmpp(prosody), &load.domain, s, p).await?);
     }
+    let phones_on_tern = Recipients::Phones { tern, domain: &load.domain };
+    out.phases
+        .push(run_phase(Kind::Xmpp, &prosody.broker, phones_on_tern, &prosody.domain, s, reverse).await?);
     out.rss_kib_end = tern.rss_kib();
     Ok(out)
 }

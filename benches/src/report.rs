@@ -366,6 +366,16 @@ fn print_table(r: &Report) {
     );
     row("latency p99, µs", ft.p99, fm.as_ref().and_then(|f| f.p99), 0, true);
     row("latency p99.9, µs", ft.p999, fm.as_ref().and_then(|f| f.p999), 0, true);
+    if let Some(p) = r.tern.phase("reverse") {
+        let b = p.bytes.as_ref();
+        let one = |label: &str, v: Option<f64>, d: usize| println!("{label:<44} {:>10}", num(v, d));
+        one("reverse, XMPP client → phone: bytes / msg", b.map(|b| b.total), 1);
+        one(&format!("  sender's link ({})", s.recipient_link), b.map(|b| b.sender_link), 1);
+        one(&format!("  recipient's link ({})", s.sender_link), b.map(|b| b.recipient_link), 1);
+        one("  phone's link / XMPP client's link", b.map(|b| round(b.recipient_link / b.sender_link, 3)), 2);
+        one(&format!("  latency p50, µs (@ {}/s)", s.latency_rate), Some(p.latency.p50_us as f64), 0);
+        one("  latency p99, µs", Some(p.latency.p99_us as f64), 0);
+    }
     let receipts = |b: &BrokerResult| -> Option<String> {
         let phases: Vec<_> = b.phases.iter().filter(|p| p.receipts.is_some()).collect();
         let got: u64 = phases.iter().filter_map(|p| p.receipts).sum();

@@ -51,17 +51,19 @@ fn federation_quick_runs_clean_against_prosody() {
     let r = run_quick("federation", &[]);
     assert_eq!(r["scenario"], "federation");
     let fed = &r["tern"];
-    for name in ["wire", "throughput", "latency"] {
+    for name in ["wire", "throughput", "latency", "reverse"] {
         let p = phase(fed, name);
         assert_eq!(p["delivered"], p["messages"], "{name}: {p}");
         assert_eq!(p["duplicated"], 0, "{name}: {p}");
     }
-    let wire = phase(fed, "wire");
-    assert_eq!(wire["receipts"], wire["delivered"]);
-    let bytes = &wire["bytes"];
-    // Both links carried the message and its receipt, each way.
-    for leg in ["sender_up", "sender_down", "recipient_down", "recipient_up"] {
-        assert!(bytes[leg].as_f64().unwrap() > 0.0, "{leg}: {bytes}");
+    for name in ["wire", "reverse"] {
+        let p = phase(fed, name);
+        assert_eq!(p["receipts"], p["delivered"], "{name}: {p}");
+        let bytes = &p["bytes"];
+        // Both links carried the message and its receipt, each way.
+        for leg in ["sender_up", "sender_down", "recipient_down", "recipient_up"] {
+            assert!(bytes[leg].as_f64().unwrap() > 0.0, "{name} {leg}: {bytes}");
+        }
     }
 }
 

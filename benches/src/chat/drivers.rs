@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use hdrhistogram::Histogram;
 use prost::Message;
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
-use tern_schemas::v1::{down, up, Down, Up};
+use tern_schemas::v1::{down, receipt, up, Down, Receipt, Up};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -301,7 +301,15 @@ pub(crate) async fn recipient_driver(
     let mut ready = false;
     let mut last_seq = 0u64;
     let mut token_wait: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let mut receipts = std::collections::VecDeque::<Vec<u8>>::new();
     loop {
+        // A full request queue only delays a receipt to the next turn of the loop.
+        while let Some(up) = receipts.front() {
+            if client.try_publish("u", QoS::AtLeastOnce, false, up.clone()).is_err() {
+                break;
+            }
+            receipts.pop_front();
+        }
         tokio::select! {
             _ = stop.changed() => break,
             _ = async { token_wait.as_mut().unwrap().await }, if token_wait.is_some() => {
@@ -341,6 +349,10 @@ pub(crate) async fn recipient_driver(
                                     st.seq_regressions += 1;
                                 }
                                 last_seq = seq;
+                                if ctx.receipts && ctx.running() {
+                                    // XMPP senders asked for one (XEP-0184), as tern tells phones.
+                                    receipts.push_back(receipt_up(&id, c.peer));
+                                }
                                 Some((id, c.body))
                             }
                             Ok(Down { body: Some(down::Body::Token(_)), .. }) if !ready => {
@@ -390,6 +402,12 @@ pub(crate) async fn recipient_driver(
     }
     wind_down(&client, &mut el).await;
     st
+}
+
+/// The delivery receipt a phone sends for chat message `id` from `peer`.
+fn receipt_up(id: &str, peer: String) -> Vec<u8> {
+    let receipt = Receipt { peer, id: id.to_owned(), kind: receipt::Kind::Delivered as i32, outgoing: false };
+    Up { id: format!("r{id}"), body: Some(up::Body::Receipt(receipt)) }.encode_to_vec()
 }
 
 /// When one sender sends: flat out from `start`, or at `rate` per second from `start + offset`;

@@ -53,8 +53,12 @@ fn xmpp_account(addr: std::net::SocketAddr, user: &str, domain: &str) -> anyhow:
 pub(crate) enum Recipients<'a> {
     /// MQTT clients of the senders' broker.
     Local,
-    /// XMPP clients of this Prosody, which tern reaches over s2s; they send receipts.
+    /// XMPP clients of this Prosody, which tern reaches over s2s (or the senders' own server);
+    /// they send receipts in phases with receipts.
     Xmpp(&'a Prosody),
+    /// Phones on this tern, whose domain is `domain`, which XMPP senders reach over s2s; they
+    /// send receipts in phases with receipts.
+    Phones { tern: &'a Broker, domain: &'a str },
 }
 
 /// Runs one phase: `kind` senders on `broker` (`domain`), each sending to its recipient.
@@ -68,15 +72,22 @@ pub(crate) async fn run_phase(
 ) -> anyhow::Result<PhaseResult> {
     let pairs = s.pairs;
     let per_pair = phase.messages / pairs as u64;
-    let prosody = match recipients {
-        Recipients::Local => None,
-        Recipients::Xmpp(p) => Some(p),
+    let (recipient_broker, recipient_domain) = match recipients {
+        Recipients::Local => (broker, domain),
+        Recipients::Xmpp(p) => (&p.broker, p.domain.as_str()),
+        Recipients::Phones { tern, domain } => (tern, domain),
     };
-    // The XMPP server's CPU is reported apart only when it is not the senders' server.
-    let peer = prosody.filter(|p| p.broker.pid() != broker.pid());
-    let ctx = Arc::new(Ctx::new(kind, prosody.is_some() && phase.receipts));
-    let recipient_server = prosody.map_or(broker.addr, |p| p.broker.addr);
-    let recipient_domain = prosody.map_or(domain, |p| p.domain.as_str());
+    let xmpp_recipients = matches!(recipients, Recipients::Xmpp(_));
+    // The recipients' server's CPU is reported apart when it is not the senders' server.
+    let peer = Some(recipient_broker).filter(|b| b.pid() != broker.pid());
+    // The MQTT drivers' protocol: the senders', or with XMPP senders the phones'.
+    let mqtt_kind = match recipients {
+        Recipients::Phones { .. } => Kind::Tern,
+        _ => kind,
+    };
+    let receipts = phase.receipts && !matches!(recipients, Recipients::Local);
+    let ctx = Arc::new(Ctx::new(mqtt_kind, receipts));
+    let recipient_server = recipient_broker.addr;
     let (sender_proxy, recipient_proxy) = if phase.proxy {
         (Some(Proxy::start(broker.addr).await?), Some(Proxy::start(recipient_server).await?))
     } else {
@@ -95,7 +106,7 @@ pub(crate) async fn run_phase(
     for i in 0..pairs {
         let expected_peer = format!("{}@{domain}/{DEVICE}", user_name(phase.tag, 's', i));
         let recipient = user_name(phase.tag, 'r', i);
-        recipient_tasks.push(if prosody.is_some() {
+        recipient_tasks.push(if xmpp_recipients {
             tokio::spawn(xmpp::drivers::recipient_driver(
                 ctx.clone(),
                 xmpp_account(recipient_addr, &recipient, recipient_domain)?,
@@ -105,7 +116,7 @@ pub(crate) async fn run_phase(
                 stop_rx.clone(),
             ))
         } else {
-            let (rc, rel) = client(kind, phase.tag, 'r', i, recipient_addr, s.inflight_per_sender);
+            let (rc, rel) = client(mqtt_kind, phase.tag, 'r', i, recipient_addr, s.inflight_per_sender);
             tokio::spawn(recipient_driver(
                 ctx.clone(),
                 rc,
@@ -180,7 +191,7 @@ pub(crate) async fn run_phase(
     }
     ctx.running.store(true, std::sync::atomic::Ordering::SeqCst);
     let cpu0 = broker.cpu_ms();
-    let peer_cpu0 = peer.and_then(|p| p.broker.cpu_ms());
+    let peer_cpu0 = peer.and_then(|p| p.cpu_ms());
     let own0 = brokers::cpu_ms("/proc/self/stat");
 
     // Load.
@@ -225,7 +236,7 @@ pub(crate) async fn run_phase(
     tokio::time::sleep(SETTLE).await;
     let (s1, r1) = (snap(&sender_proxy), snap(&recipient_proxy));
     let cpu1 = broker.cpu_ms();
-    let peer_cpu1 = peer.and_then(|p| p.broker.cpu_ms());
+    let peer_cpu1 = peer.and_then(|p| p.cpu_ms());
     let own1 = brokers::cpu_ms("/proc/self/stat");
     let _ = stop_tx.send(true);
 
@@ -353,6 +364,7 @@ impl Progress {
         let system = match recipients {
             Recipients::Local => format!("{kind:?}").to_lowercase(),
             Recipients::Xmpp(_) if kind == Kind::Tern => "federation".into(),
+            Recipients::Phones { .. } => "federation".into(),
             Recipients::Xmpp(_) => "prosody".into(),
         };
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
