@@ -83,16 +83,19 @@ pub struct LoadArgs {
     /// Messages in the throughput phase, in total [default: 20000; --quick: 400].
     #[arg(long)]
     pub(crate) messages: Option<u64>,
-    /// Total send rate of the latency phase, messages/s [default: 1000; --quick: 400].
+    /// Total send rate of the latency phase, messages/s [default: 1000; --quick: 400;
+    /// federation: 80, which also paces its wire and reverse phases].
     #[arg(long)]
     pub(crate) rate: Option<f64>,
-    /// Messages in the latency phase, in total [default: 5000; --quick: 200].
+    /// Messages in the latency phase, in total [default: 5000, federation 2000; --quick: 200].
     #[arg(long)]
     pub(crate) latency_messages: Option<u64>,
-    /// Messages in the wire-bytes phase, in total [default: 2000; --quick: 200].
+    /// Messages in the wire-bytes phase (and federation's reverse phase), in total
+    /// [default: 2000, federation 1000; --quick: 200].
     #[arg(long)]
     pub(crate) wire_messages: Option<u64>,
-    /// Unacknowledged QoS 1 PUBLISHes allowed per sender.
+    /// Unacknowledged QoS 1 PUBLISHes allowed per sender (XMPP senders with receipts: messages
+    /// without a receipt).
     #[arg(long, default_value_t = 16)]
     pub(crate) inflight: u16,
     /// Time cap per phase, seconds (messages not delivered by then count as lost) [default: 60; --quick: 20].

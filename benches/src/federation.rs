@@ -41,6 +41,7 @@ pub struct FederationArgs {
     json: PathBuf,
 }
 
+/// Runs the scenario: starts Prosody and tern, runs the phases, prints the table and writes the JSON.
 pub async fn run(args: FederationArgs) -> anyhow::Result<()> {
     let mut settings = Settings::from(&args.load)?;
     // Receipts come back at this rate over one s2s stream, which tern caps at 100 stanzas/s for

@@ -32,6 +32,7 @@ pub struct ProsodyArgs {
 
 /// The standard c2s and s2s ports (RFC 6120 §14.7); peers find each other on 5269.
 pub const C2S_PORT: u16 = 5222;
+/// See [`C2S_PORT`].
 pub const S2S_PORT: u16 = 5269;
 
 /// A running Prosody.
@@ -48,8 +49,11 @@ pub struct Prosody {
 
 /// Where the binaries are and what the server is to be.
 pub struct Options<'a> {
+    /// The binaries and the domain.
     pub bins: &'a ProsodyArgs,
+    /// A scratch directory of its own.
     pub dir: &'a Path,
+    /// Its loopback address (c2s and s2s on the standard ports there).
     pub ip: IpAddr,
     /// Names the resolver answers (tern's domain → tern's s2s address).
     pub hosts: &'a [(String, IpAddr)],
