@@ -74,7 +74,6 @@ fn receipt_for(msg: &Message, id: &str) -> Element {
 /// Logs in, reports `Ready`, then receives this pair's chat messages until `stop`: each one is
 /// counted like an MQTT recipient's (id, send time in the body) and, in phases with receipts,
 /// answered with a receipt if it asks for one.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn recipient_driver(
     ctx: Arc<Ctx>,
     account: Account,
@@ -265,5 +264,20 @@ mod tests {
             "<message to='ws0@bench.test/phone' id='rAAAAAB' type='chat'>\
              <received xmlns='urn:xmpp:receipts' id='AAAAAB'/></message>"
         );
+    }
+
+    #[test]
+    fn chat_message_carries_the_id_the_send_time_and_the_receipt_request() {
+        let peer = Jid::parse("lr0@bench.test").unwrap();
+        let mut out = String::new();
+        chat_message(65, &peer, 1234, true).write_in_stream(NS_CLIENT, &mut out);
+        assert_eq!(
+            out,
+            "<message to='lr0@bench.test' id='AAAABB' type='chat'><body>00000000000000001234</body>\
+             <request xmlns='urn:xmpp:receipts'/></message>"
+        );
+        out.clear();
+        chat_message(0, &peer, 0, false).write_in_stream(NS_CLIENT, &mut out);
+        assert!(!out.contains("request"), "{out}");
     }
 }
