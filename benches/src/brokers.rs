@@ -21,6 +21,17 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// A handle on a server process we just spawned (it is killed when the handle drops).
+    pub fn from_child(child: Child, addr: SocketAddr, version: String) -> anyhow::Result<Broker> {
+        let pid = child.id().context("the server exited at once")?;
+        Ok(Broker { addr, version, child, pid })
+    }
+
+    /// The exit status, if the process has ended.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     pub fn pid(&self) -> u32 {
         self.pid
     }
@@ -66,11 +77,21 @@ fn clock_ticks_per_sec() -> u64 {
     })
 }
 
-/// Starts `tern serve` on a free loopback port with only the plain TCP listener.
-pub async fn start_tern(bin: &Path, data_dir: &Path, domain: &str) -> anyhow::Result<Broker> {
+/// Starts `tern serve` on a free loopback port with only the plain TCP listener (and what
+/// `config`, a config file, adds: federation).
+pub async fn start_tern(
+    bin: &Path,
+    data_dir: &Path,
+    domain: &str,
+    config: Option<&Path>,
+) -> anyhow::Result<Broker> {
     std::fs::create_dir_all(data_dir)?;
     let log = std::fs::File::create(data_dir.join("tern.log"))?;
-    let mut child = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
+    let mut child = cmd
         .arg("--data-dir")
         .arg(data_dir)
         .args(["serve", "--domain", domain])
@@ -122,15 +143,26 @@ pub async fn add_users(bin: &Path, data_dir: &Path, names: &[String], password: 
             let mut stdin = child.stdin.take().unwrap();
             stdin.write_all(password.as_bytes()).await?;
             drop(stdin);
-            running.push((name, child));
+            running.push((format!("tern user add {name}"), child));
         }
-        for (name, child) in running {
-            let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-                .await
-                .with_context(|| format!("`tern user add {name}` took over 30 s"))??;
-            if !out.status.success() {
-                bail!("`tern user add {name}` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-            }
+        wait_all(running).await?;
+    }
+    Ok(())
+}
+
+/// Waits (at most 30 s each) for commands we started, each named by its command line; fails
+/// on the first that fails, with what it printed.
+pub async fn wait_all(children: Vec<(String, Child)>) -> anyhow::Result<()> {
+    for (command, child) in children {
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .with_context(|| format!("`{command}` took over 30 s"))??;
+        if !out.status.success() {
+            bail!(
+                "`{command}` failed: {} {}",
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
     }
     Ok(())

@@ -4,34 +4,46 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use hdrhistogram::Histogram;
 use prost::Message;
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
-use tern_schemas::v1::{down, up, Down, Up};
+use tern_schemas::v1::{down, receipt, up, Down, Receipt, Up};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::{chat_up, parse_message_id, user_name, Kind, DEVICE, PASSWORD};
+use crate::report::new_histogram;
 
-pub(super) struct Ctx {
-    pub(super) kind: Kind,
+pub(crate) struct Ctx {
+    pub(crate) kind: Kind,
     /// Set when the load starts: PUBLISHes before that are part of the setup.
-    pub(super) running: std::sync::atomic::AtomicBool,
+    pub(crate) running: std::sync::atomic::AtomicBool,
     /// Time origin of the timestamps in the bodies.
-    pub(super) epoch: Instant,
+    pub(crate) epoch: Instant,
+    /// Whether senders wait for a delivery receipt of every message (XMPP recipients send them).
+    pub(crate) receipts: bool,
+    /// Messages delivered so far in this phase, for the progress line.
+    pub(crate) delivered: AtomicU64,
 }
 
 impl Ctx {
-    fn running(&self) -> bool {
-        self.running.load(std::sync::atomic::Ordering::SeqCst)
+    /// A context for one phase, starting now.
+    pub(crate) fn new(kind: Kind, receipts: bool) -> Ctx {
+        Ctx { kind, running: false.into(), epoch: Instant::now(), receipts, delivered: AtomicU64::new(0) }
+    }
+
+    pub(crate) fn running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
     }
 }
 
-fn micros_since(epoch: Instant) -> u64 {
+pub(crate) fn micros_since(epoch: Instant) -> u64 {
     epoch.elapsed().as_micros() as u64
 }
 
-pub(super) enum Note {
+pub(crate) enum Note {
     Ready,
     SetupFailed(String),
     /// A connection broke during the load: stop waiting for the rest.
@@ -41,14 +53,21 @@ pub(super) enum Note {
 }
 
 #[derive(Default)]
-pub(super) struct SenderStats {
-    pub(super) acked: u64,
-    pub(super) error_downs: u64,
-    pub(super) unexpected: u64,
-    pub(super) unexpected_samples: Vec<String>,
-    pub(super) setup_downs: u64,
-    pub(super) setup_samples: Vec<String>,
-    pub(super) errors: Vec<String>,
+pub(crate) struct SenderStats {
+    pub(crate) acked: u64,
+    /// Delivery receipts that came back (XMPP recipients only).
+    pub(crate) receipts: u64,
+    /// Messages sent and sends behind schedule, for senders that publish themselves (XMPP).
+    pub(crate) published: u64,
+    pub(crate) late: u64,
+    /// Length of one message as sent, for senders that publish themselves (XMPP).
+    pub(crate) up_payload_bytes: usize,
+    pub(crate) error_downs: u64,
+    pub(crate) unexpected: u64,
+    pub(crate) unexpected_samples: Vec<String>,
+    pub(crate) setup_downs: u64,
+    pub(crate) setup_samples: Vec<String>,
+    pub(crate) errors: Vec<String>,
 }
 
 /// Keeps a short description of the first few unexpected envelopes.
@@ -60,23 +79,78 @@ fn note_unexpected<T: std::fmt::Debug>(samples: &mut Vec<String>, topic: &str, w
     }
 }
 
-pub(super) struct RecipientStats {
+pub(crate) struct RecipientStats {
     seen: Vec<u8>,
-    pub(super) delivered: u64,
-    pub(super) duplicated: u64,
-    pub(super) unexpected: u64,
-    pub(super) wrong_peer: u64,
-    pub(super) seq_regressions: u64,
-    pub(super) last_delivery: Option<Instant>,
-    pub(super) hist: Histogram<u64>,
-    pub(super) down_payload_bytes: usize,
-    pub(super) unexpected_samples: Vec<String>,
-    pub(super) setup_downs: u64,
-    pub(super) setup_samples: Vec<String>,
-    pub(super) errors: Vec<String>,
+    pub(crate) delivered: u64,
+    pub(crate) duplicated: u64,
+    pub(crate) unexpected: u64,
+    pub(crate) wrong_peer: u64,
+    pub(crate) seq_regressions: u64,
+    pub(crate) last_delivery: Option<Instant>,
+    pub(crate) hist: Histogram<u64>,
+    pub(crate) down_payload_bytes: usize,
+    pub(crate) unexpected_samples: Vec<String>,
+    pub(crate) setup_downs: u64,
+    pub(crate) setup_samples: Vec<String>,
+    pub(crate) errors: Vec<String>,
 }
 
-pub(super) fn client(
+impl RecipientStats {
+    /// Nothing received yet, of the `expect` messages numbered 0..expect.
+    pub(crate) fn new(expect: u64) -> RecipientStats {
+        RecipientStats {
+            seen: vec![0; expect as usize],
+            delivered: 0,
+            duplicated: 0,
+            unexpected: 0,
+            wrong_peer: 0,
+            seq_regressions: 0,
+            last_delivery: None,
+            hist: new_histogram(),
+            down_payload_bytes: 0,
+            unexpected_samples: Vec::new(),
+            setup_downs: 0,
+            setup_samples: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Counts one received chat message (its id and body, the send time), whatever the
+    /// protocol it came by: first copies into the latency histogram, others as duplicates.
+    pub(crate) fn deliver(
+        &mut self,
+        ctx: &Ctx,
+        id: &str,
+        body: &str,
+        payload_len: usize,
+        notes: &mpsc::UnboundedSender<Note>,
+    ) {
+        let now = Instant::now();
+        let now_us = now.duration_since(ctx.epoch).as_micros() as u64;
+        let expect = self.seen.len() as u64;
+        match (parse_message_id(id), body.parse::<u64>()) {
+            (Some(k), Ok(sent_us)) if k < expect => {
+                self.down_payload_bytes = payload_len;
+                let slot = &mut self.seen[k as usize];
+                *slot = slot.saturating_add(1);
+                if *slot == 1 {
+                    self.delivered += 1;
+                    self.last_delivery = Some(now);
+                    self.hist.saturating_record(now_us.saturating_sub(sent_us).max(1));
+                    ctx.delivered.fetch_add(1, Ordering::Relaxed);
+                    if self.delivered == expect {
+                        let _ = notes.send(Note::RecipientDone);
+                    }
+                } else {
+                    self.duplicated += 1;
+                }
+            }
+            _ => self.unexpected += 1,
+        }
+    }
+}
+
+pub(crate) fn client(
     kind: Kind,
     tag: &str,
     role: char,
@@ -87,7 +161,7 @@ pub(super) fn client(
     let user = user_name(tag, role, pair);
     let client_id = match kind {
         Kind::Tern => DEVICE.to_owned(),
-        Kind::Mosquitto => user.clone(),
+        Kind::Mosquitto | Kind::Xmpp => user.clone(),
     };
     let mut o = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
     o.set_credentials(user, PASSWORD);
@@ -127,7 +201,7 @@ fn connection_failed(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn sender_driver(
+pub(crate) async fn sender_driver(
     ctx: Arc<Ctx>,
     client: AsyncClient,
     mut el: EventLoop,
@@ -156,7 +230,7 @@ pub(super) async fn sender_driver(
                     }
                     match ctx.kind {
                         Kind::Tern => token_wait = Some(Box::pin(tokio::time::sleep(Duration::from_secs(5)))),
-                        Kind::Mosquitto => {
+                        Kind::Mosquitto | Kind::Xmpp => {
                             ready = true;
                             let _ = notes.send(Note::Ready);
                         }
@@ -164,7 +238,7 @@ pub(super) async fn sender_driver(
                 }
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
                     st.acked += 1;
-                    if st.acked == expect_acks {
+                    if st.acked == expect_acks && (!ctx.receipts || st.receipts >= expect_acks) {
                         let _ = notes.send(Note::SenderDone);
                     }
                 }
@@ -174,6 +248,12 @@ pub(super) async fn sender_driver(
                             ready = true;
                             token_wait = None;
                             let _ = notes.send(Note::Ready);
+                        }
+                        Some(down::Body::Receipt(_)) if ctx.receipts && ctx.running() => {
+                            st.receipts += 1;
+                            if st.receipts == expect_acks && st.acked >= expect_acks {
+                                let _ = notes.send(Note::SenderDone);
+                            }
                         }
                         Some(down::Body::Error(e)) => {
                             st.error_downs += 1;
@@ -191,7 +271,7 @@ pub(super) async fn sender_driver(
                             }
                         }
                     },
-                    Kind::Mosquitto => st.unexpected += 1,
+                    Kind::Mosquitto | Kind::Xmpp => st.unexpected += 1,
                 },
                 Ok(_) => {}
                 Err(e) => {
@@ -206,7 +286,7 @@ pub(super) async fn sender_driver(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn recipient_driver(
+pub(crate) async fn recipient_driver(
     ctx: Arc<Ctx>,
     client: AsyncClient,
     mut el: EventLoop,
@@ -216,26 +296,20 @@ pub(super) async fn recipient_driver(
     notes: mpsc::UnboundedSender<Note>,
     mut stop: watch::Receiver<bool>,
 ) -> RecipientStats {
-    let mut st = RecipientStats {
-        seen: vec![0; expect as usize],
-        delivered: 0,
-        duplicated: 0,
-        unexpected: 0,
-        wrong_peer: 0,
-        seq_regressions: 0,
-        last_delivery: None,
-        hist: Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap(),
-        down_payload_bytes: 0,
-        unexpected_samples: Vec::new(),
-        setup_downs: 0,
-        setup_samples: Vec::new(),
-        errors: Vec::new(),
-    };
+    let mut st = RecipientStats::new(expect);
     let topic = format!("c/{pair}");
     let mut ready = false;
     let mut last_seq = 0u64;
     let mut token_wait: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let mut receipts = std::collections::VecDeque::<Vec<u8>>::new();
     loop {
+        // A full request queue only delays a receipt to the next turn of the loop.
+        while let Some(up) = receipts.front() {
+            if client.try_publish("u", QoS::AtLeastOnce, false, up.clone()).is_err() {
+                break;
+            }
+            receipts.pop_front();
+        }
         tokio::select! {
             _ = stop.changed() => break,
             _ = async { token_wait.as_mut().unwrap().await }, if token_wait.is_some() => {
@@ -252,7 +326,7 @@ pub(super) async fn recipient_driver(
                     }
                     match ctx.kind {
                         Kind::Tern => token_wait = Some(Box::pin(tokio::time::sleep(Duration::from_secs(5)))),
-                        Kind::Mosquitto => {
+                        Kind::Mosquitto | Kind::Xmpp => {
                             if let Err(e) = client.try_subscribe(&topic, QoS::AtLeastOnce) {
                                 let _ = notes.send(Note::SetupFailed(format!("subscribe: {e}")));
                                 break;
@@ -265,8 +339,6 @@ pub(super) async fn recipient_driver(
                     let _ = notes.send(Note::Ready);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let now = Instant::now();
-                    let now_us = now.duration_since(ctx.epoch).as_micros() as u64;
                     let chat = match ctx.kind {
                         Kind::Tern => match Down::decode(p.payload.as_ref()) {
                             Ok(Down { seq, id, body: Some(down::Body::Chat(c)) }) if p.topic == "d" => {
@@ -277,6 +349,10 @@ pub(super) async fn recipient_driver(
                                     st.seq_regressions += 1;
                                 }
                                 last_seq = seq;
+                                if ctx.receipts && ctx.running() {
+                                    // XMPP senders asked for one (XEP-0184), as tern tells phones.
+                                    receipts.push_back(receipt_up(&id, c.peer));
+                                }
                                 Some((id, c.body))
                             }
                             Ok(Down { body: Some(down::Body::Token(_)), .. }) if !ready => {
@@ -294,7 +370,7 @@ pub(super) async fn recipient_driver(
                                 None
                             }
                         },
-                        Kind::Mosquitto => match Up::decode(p.payload.as_ref()) {
+                        Kind::Mosquitto | Kind::Xmpp => match Up::decode(p.payload.as_ref()) {
                             Ok(Up { id, body: Some(up::Body::Chat(c)) }) if p.topic == topic => Some((id, c.body)),
                             other => {
                                 if ctx.running() {
@@ -314,24 +390,7 @@ pub(super) async fn recipient_driver(
                         }
                         continue;
                     };
-                    match (parse_message_id(&id), body.parse::<u64>()) {
-                        (Some(k), Ok(sent_us)) if k < expect => {
-                            st.down_payload_bytes = p.payload.len();
-                            let slot = &mut st.seen[k as usize];
-                            *slot = slot.saturating_add(1);
-                            if *slot == 1 {
-                                st.delivered += 1;
-                                st.last_delivery = Some(now);
-                                st.hist.saturating_record(now_us.saturating_sub(sent_us).max(1));
-                                if st.delivered == expect {
-                                    let _ = notes.send(Note::RecipientDone);
-                                }
-                            } else {
-                                st.duplicated += 1;
-                            }
-                        }
-                        _ => st.unexpected += 1,
-                    }
+                    st.deliver(&ctx, &id, &body, p.payload.len(), &notes);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -345,37 +404,59 @@ pub(super) async fn recipient_driver(
     st
 }
 
-/// Publishes `n` chat messages, flat out or at `rate` per second from `start + offset`.
-/// Returns (published, late sends).
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn publisher(
+/// The delivery receipt a phone sends for chat message `id` from `peer`.
+fn receipt_up(id: &str, peer: String) -> Vec<u8> {
+    let receipt = Receipt { peer, id: id.to_owned(), kind: receipt::Kind::Delivered as i32, outgoing: false };
+    Up { id: format!("r{id}"), body: Some(up::Body::Receipt(receipt)) }.encode_to_vec()
+}
+
+/// When one sender sends: flat out from `start`, or at `rate` per second from `start + offset`;
+/// nothing after `deadline`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Schedule {
+    pub(crate) start: Instant,
+    pub(crate) offset: Duration,
+    pub(crate) rate: Option<f64>,
+    pub(crate) deadline: Instant,
+}
+
+impl Schedule {
+    /// When message `k` is due; `None` past the deadline.
+    pub(crate) fn due(&self, k: u64) -> Option<Instant> {
+        let at = match self.rate {
+            Some(r) => self.start + self.offset + Duration::from_secs_f64(k as f64 / r),
+            None => self.start,
+        };
+        (at <= self.deadline).then_some(at)
+    }
+
+    /// Whether a message due `at` and sent now left more than 5 ms behind schedule (only a
+    /// paced sender can be late).
+    pub(crate) fn late(&self, at: Instant) -> bool {
+        self.rate.is_some() && Instant::now().duration_since(at) > Duration::from_millis(5)
+    }
+}
+
+/// Publishes `n` chat messages on `schedule`. Returns (published, late sends).
+pub(crate) async fn publisher(
     ctx: Arc<Ctx>,
     client: AsyncClient,
     topic: String,
     peer: String,
     n: u64,
-    rate: Option<f64>,
-    start: Instant,
-    offset: Duration,
-    deadline: Instant,
+    schedule: Schedule,
 ) -> (u64, u64) {
     let mut published = 0;
     let mut late = 0;
-    tokio::time::sleep_until(start).await;
     for k in 0..n {
-        if let Some(r) = rate {
-            let at = start + offset + Duration::from_secs_f64(k as f64 / r);
-            if at > deadline {
-                break;
-            }
-            tokio::time::sleep_until(at).await;
-            if Instant::now().duration_since(at) > Duration::from_millis(5) {
-                late += 1;
-            }
+        let Some(at) = schedule.due(k) else { break };
+        tokio::time::sleep_until(at).await;
+        if schedule.late(at) {
+            late += 1;
         }
         let payload = chat_up(k, &peer, micros_since(ctx.epoch));
         match tokio::time::timeout_at(
-            deadline,
+            schedule.deadline,
             client.publish(topic.as_str(), QoS::AtLeastOnce, false, payload),
         )
         .await
