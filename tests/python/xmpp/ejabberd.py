@@ -451,6 +451,17 @@ modules:
             return []
         return lines if needle is None else [l for l in lines if needle in l]
 
+    def wait_log(self, needle: str, timeout: float = 10.0) -> list[str]:
+        """log_lines(needle) once there are any; ejabberd's file logger
+        buffers its writes (delayed_write), so a line can land a second or
+        two after what it tells. Raises AssertionError after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while not (lines := self.log_lines(needle)):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no line with {needle!r} in {self.log_path} within {timeout}s")
+            time.sleep(0.1)
+        return lines
+
     def errors(self) -> list[str]:
         """ejabberd.log lines at level error or worse."""
         levels = ("[error]", "[critical]", "[alert]", "[emergency]")

@@ -35,15 +35,17 @@ EJ_USERS = {"bob": "bob-ejabberd-2"}
 
 
 @pytest.fixture
-def ejabberd(tmp_path):
+def ejabberd(request, tmp_path):
     """A running ejabberd for ejabberd.test with bob, resolving tern.test to
-    tern's s2s address; stopped by PID at teardown."""
+    tern's s2s address; stopped by PID at teardown. Its s2s_use_starttls is
+    "optional" unless parametrized (indirect) with another value."""
     if not have_ejabberd():
         pytest.fail("ejabberd (erl + ejabberd's code) not found: run scripts/install-test-deps")
     # Prosody rigs take the first free 127.0.0.x from .2 up; starting higher
     # keeps a Prosody test running beside this one from racing it for an IP.
     ip = _free_ip([5222, 5269, DEFAULT_DIST_PORT], {f"127.0.0.{n}" for n in range(2, 32)})
-    srv = EjabberdServer(tmp_path / "ejabberd", EJ_DOMAIN, ip)
+    starttls = getattr(request, "param", "optional")
+    srv = EjabberdServer(tmp_path / "ejabberd", EJ_DOMAIN, ip, s2s_use_starttls=starttls)
     srv.add_host(TERN_DOMAIN, S2S_ADDR[0])
     for user, password in EJ_USERS.items():
         srv.register(user, password)
@@ -78,6 +80,15 @@ def _bob_and_alice(federation, fed_phones, xmpp_client):
     alice = fed_phones("alice", "phone1")
     alice.connect()
     return ej, bob, alice
+
+
+def _assert_tls_and_dialback_both_ways(ej: EjabberdServer) -> None:
+    """Both streams ran over TLS and were authenticated by dialback, as
+    ejabberd saw them (tern has no SASL EXTERNAL: ejabberd tries it first)."""
+    for direction in (f"outbound s2s dialback authentication {EJ_DOMAIN} -> {TERN_DOMAIN}",
+                      f"inbound s2s dialback authentication {TERN_DOMAIN} -> {EJ_DOMAIN}"):
+        accepted = ej.wait_log(f"Accepted {direction}")
+        assert all("(tls|" in l for l in accepted), accepted
 
 
 def test_ejabberd_rig_starts_registers_and_stops_cleanly(ejabberd, xmpp_client):
@@ -171,17 +182,7 @@ def test_phone_and_ejabberd_user_subscribe_chat_and_sync(federation, fed_phones,
     alice.send(pb.Up(id=new_id("r"), receipt=pb.Receipt(peer=bob.jid, id=away, kind=pb.Receipt.DELIVERED)))
     bob.wait_receipt(away, from_="alice@tern.test/phone1", timeout=FED_WAIT)
 
-    # Both streams ran over TLS and were authenticated by dialback, as
-    # ejabberd saw them (tern has no SASL EXTERNAL: ejabberd tries it first).
-    auth = ej.log_lines("s2s dialback authentication")
-    assert any(
-        "(tls|" in l and f"Accepted outbound s2s dialback authentication {EJ_DOMAIN} -> {TERN_DOMAIN}" in l
-        for l in auth
-    ), auth
-    assert any(
-        "(tls|" in l and f"Accepted inbound s2s dialback authentication {TERN_DOMAIN} -> {EJ_DOMAIN}" in l
-        for l in auth
-    ), auth
+    _assert_tls_and_dialback_both_ways(ej)
     assert ej.errors() == []
 
 
@@ -202,4 +203,17 @@ def test_errors_and_queries_cross_with_ejabberd(federation, fed_phones, xmpp_cli
     features = bob.disco_info(TERN_DOMAIN)
     assert "urn:xmpp:receipts" in features and "urn:xmpp:ping" in features
     assert "urn:xmpp:receipts" in bob.disco_info("alice@tern.test")
+    assert ej.errors() == []
+
+
+@pytest.mark.parametrize("ejabberd", ["required"], indirect=True)
+def test_chat_both_ways_when_ejabberd_requires_starttls(federation, fed_phones, xmpp_client, pb):
+    ej, bob, alice = _bob_and_alice(federation, fed_phones, xmpp_client)
+    assert "s2s_use_starttls: required" in ej.config_path.read_text()
+
+    alice.chat(bob.bare, "over mandatory TLS")
+    bob.wait_message(body="over mandatory TLS", timeout=FED_WAIT)
+    bob.send_chat("alice@tern.test", "and back", receipt=False)
+    alice.wait_chat("and back", timeout=FED_WAIT)
+    _assert_tls_and_dialback_both_ways(ej)
     assert ej.errors() == []
