@@ -257,7 +257,7 @@ class EjabberdServer:
         )
 
     def config_text(self) -> str:
-        modules = ["mod_roster", "mod_disco", "mod_ping", "mod_version", "mod_admin_extra"]
+        modules = ["mod_roster", "mod_disco", "mod_ping", "mod_version"]
         if self.dialback:
             modules.append("mod_s2s_dialback")
         mods = "\n".join(f"  {m}: {{}}" for m in modules)
@@ -284,6 +284,8 @@ listen:
 
 s2s_use_starttls: {self.s2s_use_starttls}
 # The rig's DNS (SrvResponder) answers at once; a lookup that waits is a bug.
+# s2s_dns_retries counts tries: 0 fails every lookup at once, with
+# "DNS lookup failed: timeout".
 outgoing_s2s_families: [ipv4]
 s2s_dns_timeout: 2
 s2s_dns_retries: 1
