@@ -68,10 +68,19 @@ impl Trust {
             UnixTime::now(),
             self.provider.signature_verification_algorithms.all,
         );
-        match verified {
-            Ok(()) => PeerCert::Trusted(identities(end_entity)),
-            Err(e) => PeerCert::Untrusted(e.to_string()),
+        if let Err(e) = verified {
+            return PeerCert::Untrusted(e.to_string());
         }
+        let mut names = identities(end_entity);
+        // webpki applies a CA's name constraints to DNS names only and skips otherName
+        // entries, so under a constrained CA an XmppAddr or SRV-ID could name any domain.
+        // Such names count only where no constraint was meant to limit them.
+        let constrained = self.roots.roots.iter().any(|anchor| anchor.name_constraints.is_some())
+            || chain.is_some_and(|c| c.iter().any(|cert| extension(cert, OID_NAME_CONSTRAINTS).is_some()));
+        if constrained {
+            names.retain(|id| matches!(id, Identity::Dns(_)));
+        }
+        PeerCert::Trusted(names)
     }
 }
 
@@ -204,6 +213,8 @@ const DNS_NAME: u8 = 0x82;
 const EXPLICIT_0: u8 = 0xa0;
 /// id-ce-subjectAltName, 2.5.29.17.
 const OID_SAN: &[u8] = &[0x55, 0x1d, 0x11];
+/// id-ce-nameConstraints, 2.5.29.30.
+const OID_NAME_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x1e];
 /// id-on-xmppAddr, 1.3.6.1.5.5.7.8.5 (RFC 6120 §13.7.1.4).
 const OID_XMPP_ADDR: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x08, 0x05];
 /// id-on-dnsSRV, 1.3.6.1.5.5.7.8.7 (RFC 4985).
@@ -219,18 +230,22 @@ fn identities(cert: &[u8]) -> Vec<Identity> {
 
 /// The contents of the subjectAltName extension value (a GeneralNames SEQUENCE).
 fn san(cert: &[u8]) -> Option<&[u8]> {
+    Some(tagged(extension(cert, OID_SAN)?, SEQUENCE)?.0)
+}
+
+/// The DER value (the OCTET STRING's contents) of the extension `oid` of a certificate.
+fn extension<'a>(cert: &'a [u8], oid: &[u8]) -> Option<&'a [u8]> {
     let (cert, _) = tagged(cert, SEQUENCE)?;
     let (tbs, _) = tagged(cert, SEQUENCE)?;
     let explicit = children(tbs).find(|(tag, _)| *tag == EXTENSIONS)?.1;
     let (exts, _) = tagged(explicit, SEQUENCE)?;
     children(exts).filter(|(tag, _)| *tag == SEQUENCE).find_map(|(_, ext)| {
-        let (oid, rest) = tagged(ext, OID)?;
-        if oid != OID_SAN {
+        let (ext_oid, rest) = tagged(ext, OID)?;
+        if ext_oid != oid {
             return None;
         }
         // `critical BOOLEAN DEFAULT FALSE` may sit between the OID and the value.
-        let value = children(rest).find(|(tag, _)| *tag == OCTET_STRING)?.1;
-        Some(tagged(value, SEQUENCE)?.0)
+        children(rest).find(|(tag, _)| *tag == OCTET_STRING).map(|(_, value)| value)
     })
 }
 

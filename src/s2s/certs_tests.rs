@@ -17,8 +17,17 @@ pub(crate) struct Ca {
 }
 
 pub(crate) fn ca() -> Ca {
+    ca_with(None)
+}
+
+/// A CA, limited to DNS names under `permitted` when given (RFC 5280 §4.2.1.10).
+fn ca_with(permitted: Option<&str>) -> Ca {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.name_constraints = permitted.map(|p| rcgen::NameConstraints {
+        permitted_subtrees: vec![rcgen::GeneralSubtree::DnsName(p.to_owned())],
+        excluded_subtrees: vec![],
+    });
     params.distinguished_name.push(rcgen::DnType::CommonName, "test federation CA");
     let key = KeyPair::generate().unwrap();
     let cert = params.self_signed(&key).unwrap();
@@ -76,6 +85,21 @@ fn chain_from_the_anchor_is_trusted_with_every_identity() {
         assert_eq!(cert.check(domain), Ok(()), "{domain}");
     }
     assert!(cert.check("b.test").is_err());
+}
+
+#[test]
+fn a_name_constrained_ca_vouches_for_dns_names_only() {
+    // webpki would let otherName entries through a DNS-only constraint; tern ignores them.
+    let ca = ca_with(Some("corp.test"));
+    let sans = vec![
+        dns("xmpp.corp.test"),
+        other(XMPP_ADDR, "victim.test"),
+        other(SRV_NAME, "_xmpp-server.victim.test"),
+    ];
+    let cert = trust_in(&ca).examine(Some(&leaf(Some(&ca), sans).certs));
+    assert_eq!(cert, PeerCert::Trusted(vec![Identity::Dns("xmpp.corp.test".into())]));
+    assert!(cert.check("victim.test").is_err());
+    assert_eq!(cert.check("xmpp.corp.test"), Ok(()));
 }
 
 #[test]

@@ -295,6 +295,32 @@ fn inbound_refuses_bad_auth_with_the_exact_condition_and_stays_open() {
 }
 
 #[test]
+fn inbound_closes_the_stream_after_three_refused_auths() {
+    let bad = auth("EXTERNAL", "Yy5leGFtcGxl");
+    let (wire, events) = scripted_inbound(config(B, "secret-b"), trusted_for(A), &bad.repeat(2));
+    assert!(!wire.contains("policy-violation"), "two refusals leave it open: {wire}");
+    assert!(!events.iter().any(|e| matches!(e, Output::Close)), "{events:?}");
+    let (wire, events) = scripted_inbound(config(B, "secret-b"), trusted_for(A), &bad.repeat(3));
+    assert!(wire.contains("<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"), "{wire}");
+    assert!(events.iter().any(|e| matches!(e, Output::Close)), "{events:?}");
+}
+
+#[test]
+fn a_peer_may_not_pile_up_dialback_claims() {
+    let claims = |n: usize| -> String {
+        (0..n).map(|i| format!("<db:result from='d{i}.example' to='b.example'>k</db:result>")).collect()
+    };
+    // A burst large enough that only the claim limit can stop the stream.
+    let roomy = || Config { stanza_burst: 100, ..config(B, "secret-b") };
+    let (wire, events) = scripted_inbound(roomy(), untrusted(), &claims(32));
+    let asked = events.iter().filter(|e| matches!(e, Output::VerifyDialback { .. })).count();
+    assert_eq!((asked, wire.contains("policy-violation")), (32, false), "{wire}");
+    let (wire, events) = scripted_inbound(roomy(), untrusted(), &claims(33));
+    assert!(wire.contains("<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"), "{wire}");
+    assert!(events.iter().any(|e| matches!(e, Output::Close)), "{events:?}");
+}
+
+#[test]
 fn inbound_accepts_external_with_an_empty_authzid() {
     let (wire, events) = scripted_inbound(config(B, "secret-b"), trusted_for(A), &auth("EXTERNAL", "="));
     assert!(wire.contains("<mechanism>EXTERNAL</mechanism>"), "{wire}");

@@ -48,7 +48,17 @@ pub struct Inbound {
     header_to: String,
     /// Whether SASL succeeded; the restarted stream then offers nothing more.
     sasl_done: bool,
+    /// Refused `<auth/>` attempts so far on this connection.
+    sasl_failures: u8,
 }
+
+/// Refused `<auth/>` attempts after which the stream is closed (RFC 6120 §6.4.5 leaves the
+/// number to the server; a peer with a valid certificate needs one).
+const MAX_SASL_FAILURES: u8 = 3;
+
+/// Dialback claims awaiting their authoritative server's verdict on one stream. Each starts an
+/// outbound connection to a domain the peer names, so a peer may not queue up many.
+const MAX_PENDING_DIALBACK: usize = 32;
 
 impl Inbound {
     /// A peer just connected; `stream_id` must be fresh and unpredictable (dialback keys are
@@ -70,6 +80,7 @@ impl Inbound {
             header_from: String::new(),
             header_to: String::new(),
             sasl_done: false,
+            sasl_failures: 0,
         }
     }
 
@@ -336,6 +347,9 @@ impl Inbound {
         }
         let pair = (from.to_owned(), to.to_owned());
         if !self.pending.contains(&pair) {
+            if self.pending.len() >= MAX_PENDING_DIALBACK {
+                return self.fail(StreamError::PolicyViolation, now);
+            }
             self.pending.push(pair);
         }
         let key = element.text().trim().to_owned();
@@ -358,7 +372,13 @@ impl Inbound {
                 let id = format!("{}.1", self.stream_id);
                 self.restart(id);
             }
-            Err(err) => self.conn.send_element(&sasl::failure(&err), now),
+            Err(err) => {
+                self.conn.send_element(&sasl::failure(&err), now);
+                self.sasl_failures += 1;
+                if self.sasl_failures >= MAX_SASL_FAILURES {
+                    self.fail(StreamError::PolicyViolation, now);
+                }
+            }
         }
     }
 

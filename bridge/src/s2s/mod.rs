@@ -72,7 +72,9 @@ pub struct Config {
     /// Computes and checks dialback keys (XEP-0185); the daemon supplies an HMAC.
     pub keyer: Arc<dyn Keyer>,
     /// Whether a peer whose certificate does not authenticate it may use dialback instead;
-    /// `false` means certificates only, in every role (XEP-0178 §4 vs XEP-0220).
+    /// `false` means every peer must prove its domain by certificate, both when it connects to
+    /// us and when we connect to it (XEP-0178 §4). It governs what we accept: towards a peer
+    /// whose certificate verified, we may still prove ourselves by dialback if it allows that.
     pub dialback_fallback: bool,
     /// Whether our outbound TLS presents a certificate, so SASL EXTERNAL is worth trying.
     pub client_cert: bool,
