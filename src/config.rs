@@ -192,6 +192,22 @@ pub struct InboxConfig {
     pub dedupe_window_secs: u64,
     /// How often retention runs, in seconds.
     pub prune_interval_secs: u64,
+    /// When an acknowledged write must be on stable storage.
+    pub sync: SyncPolicy,
+    /// With `sync = "write"`, the longest time between a write and its fdatasync, in ms.
+    pub sync_interval_ms: u64,
+}
+
+/// What a PUBACK (or any other acknowledgement of a stored write) promises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPolicy {
+    /// fdatasync before acknowledging: survives a power cut.
+    #[default]
+    Always,
+    /// Acknowledge once written to the operating system: survives `kill -9` and any crash of
+    /// tern, not of the machine; an fdatasync follows within `sync_interval_ms`.
+    Write,
 }
 
 /// Field limits for envelopes.
@@ -260,6 +276,8 @@ impl Default for InboxConfig {
             max_age_secs: 30 * 24 * 3600,
             dedupe_window_secs: 7 * 24 * 3600,
             prune_interval_secs: 60,
+            sync: SyncPolicy::Always,
+            sync_interval_ms: 100,
         }
     }
 }
@@ -311,6 +329,10 @@ impl Config {
                 "component mode replaces s2s: set s2s.listen = \"off\" or remove [component]"
             );
         }
+        anyhow::ensure!(
+            (1..=60_000).contains(&self.inbox.sync_interval_ms),
+            "inbox.sync_interval_ms must be 1..=60000"
+        );
         let s2s = &self.s2s;
         anyhow::ensure!(
             s2s.max_stanza_bytes >= 10_000,
@@ -379,6 +401,7 @@ mod tests {
         assert_eq!(c.mqtt.ws, d.mqtt.ws);
         assert_eq!(c.mqtt.max_packet, d.mqtt.max_packet);
         assert_eq!(c.inbox.max_entries_per_user, d.inbox.max_entries_per_user);
+        assert_eq!((c.inbox.sync, c.inbox.sync_interval_ms), (d.inbox.sync, d.inbox.sync_interval_ms));
         assert_eq!(c.metrics.listen, d.metrics.listen);
         assert_eq!(c.s2s.listen, d.s2s.listen);
         assert_eq!(c.s2s.tls, d.s2s.tls);
