@@ -158,31 +158,61 @@ async fn stanzas_queued_for_a_peer_that_comes_up_late_are_delivered() {
     assert!(a.bounces.try_recv().is_err());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_stanza_closes_only_its_peers_stream() {
+/// b (with `limits`) hears from a and c; then a `offend`s: c's stream is untouched, a's
+/// is closed (its next stanza arrives over a new one). Returns the ids b got from a.
+async fn only_the_offenders_stream_closes(limits: S2sConfig, offend: impl FnOnce(&Node)) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let (pa, pb, pc) = (free_port(), free_port(), free_port());
-    let small = S2sConfig { max_stanza_bytes: 10_000, ..S2sConfig::default() };
     let to_b = || vec![("b.test", format!("127.0.0.1:{pb}"))];
     let back = [("a.test", format!("127.0.0.1:{pa}")), ("c.test", format!("127.0.0.1:{pc}"))];
-    let mut b = node_with("b.test", pb, &back, S2sTls::Disabled, dir.path(), small).await;
+    let mut b = node_with("b.test", pb, &back, S2sTls::Disabled, dir.path(), limits).await;
     let a = node("a.test", pa, &to_b(), S2sTls::Disabled, dir.path()).await;
     let c = node("c.test", pc, &to_b(), S2sTls::Disabled, dir.path()).await;
-    let wait = Duration::from_secs(10);
+    // Every (sender's domain, id) b got, in order.
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut wait_for = async |id: &str| {
+        while !seen.iter().any(|(_, i)| i == id) {
+            let got = tokio::time::timeout(Duration::from_secs(10), b.stanzas.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{id} in time"))
+                .unwrap();
+            let from = got.attr("from").unwrap_or_default().split('@').nth(1).unwrap_or_default().to_owned();
+            seen.push((from, got.attr("id").unwrap_or_default().to_owned()));
+        }
+    };
     a.s2s.send("b.test", chat("alice@a.test/p", "bob@b.test", "a1", "fits"));
     c.s2s.send("b.test", chat("carol@c.test/p", "bob@b.test", "c1", "fits"));
-    let mut got = Vec::new();
-    for _ in 0..2 {
-        got.push(tokio::time::timeout(wait, b.stanzas.recv()).await.expect("stanza").unwrap());
-    }
-    a.s2s.send("b.test", chat("alice@a.test/p", "bob@b.test", "big", &"x".repeat(20_000)));
+    wait_for("a1").await;
+    wait_for("c1").await;
+    offend(&a);
     c.s2s.send("b.test", chat("carol@c.test/p", "bob@b.test", "c2", "still here"));
-    let next = tokio::time::timeout(wait, b.stanzas.recv()).await.expect("c's stream is untouched").unwrap();
-    assert_eq!(next.attr("id"), Some("c2"));
-    // a's stream got a policy-violation and closed; its next stanza opens a new one.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("c2").await;
+    // Give b's stream error time to reach a and close its stream first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     a.s2s.send("b.test", chat("alice@a.test/p", "bob@b.test", "a2", "after"));
-    let next = tokio::time::timeout(wait, b.stanzas.recv()).await.expect("a reconnects").unwrap();
-    assert_eq!(next.attr("id"), Some("a2"));
-    assert!(got.iter().chain([&next]).all(|s| s.attr("id") != Some("big")));
+    wait_for("a2").await;
+    seen.into_iter().filter(|(from, _)| from.starts_with("a.test")).map(|(_, id)| id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_stanza_closes_only_its_peers_stream() {
+    let limits = S2sConfig { max_stanza_bytes: 10_000, ..S2sConfig::default() };
+    let from_a = only_the_offenders_stream_closes(limits, |a| {
+        a.s2s.send("b.test", chat("alice@a.test/p", "bob@b.test", "big", &"x".repeat(20_000)));
+    })
+    .await;
+    assert!(!from_a.iter().any(|id| id == "big"), "{from_a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_closes_only_its_peers_stream() {
+    let limits = S2sConfig { max_stanzas_per_sec: 1, stanza_burst: 10, ..S2sConfig::default() };
+    let from_a = only_the_offenders_stream_closes(limits, |a| {
+        for n in 0..50 {
+            a.s2s.send("b.test", chat("alice@a.test/p", "bob@b.test", &format!("f{n}"), "flood"));
+        }
+    })
+    .await;
+    let flood = from_a.iter().filter(|id| id.starts_with('f')).count();
+    assert!(flood < 50, "the flood was cut off: {from_a:?}");
 }
