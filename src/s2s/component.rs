@@ -191,7 +191,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::mpsc;
 
-    use super::handshake_digest;
+    use super::{handshake_digest, Settings};
     use crate::config::ComponentConfig;
     use crate::s2s::{BounceReason, S2s};
 
@@ -236,6 +236,22 @@ mod tests {
             .with_attr("from", from)
             .with_attr("to", to)
             .with_child(Element::new("body", ns).with_text("hi"))
+    }
+
+    #[test]
+    fn the_stream_takes_the_s2s_size_limit_and_timers() {
+        let config =
+            ComponentConfig { server: "127.0.0.1:1".into(), domain: "tern.test".into(), secret: "s".into() };
+        let limits = crate::config::S2sConfig {
+            max_stanza_bytes: 12_345,
+            keepalive_secs: 7,
+            idle_timeout_secs: 70,
+            ..Default::default()
+        };
+        let machine = Settings::new(&config, &limits).machine;
+        assert_eq!(machine.limits.max_stanza_bytes, 12_345);
+        assert_eq!(machine.keepalive_interval, Duration::from_secs(7));
+        assert_eq!(machine.idle_timeout, Duration::from_secs(70));
     }
 
     #[tokio::test]

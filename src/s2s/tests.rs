@@ -109,6 +109,22 @@ async fn two_terns_federate_in_plaintext() {
     federate(S2sTls::Disabled).await;
 }
 
+#[tokio::test]
+async fn the_s2s_config_sets_the_machines_limits() {
+    let config = S2sConfig {
+        max_stanza_bytes: 20_000,
+        max_stanzas_per_sec: 3,
+        stanza_burst: 4,
+        keepalive_secs: 5,
+        idle_timeout_secs: 50,
+        ..S2sConfig::default()
+    };
+    let s2s = S2s::new("a.test", &config, None).unwrap();
+    let m = &s2s.machine;
+    assert_eq!((m.limits.max_stanza_bytes, m.max_stanzas_per_sec, m.stanza_burst), (20_000, 3, 4));
+    assert_eq!((m.keepalive_interval, m.idle_timeout), (Duration::from_secs(5), Duration::from_secs(50)));
+}
+
 /// Short timings for the retry tests.
 fn quick() -> S2sConfig {
     S2sConfig { send_timeout_secs: 2, retry_min_secs: 1, retry_max_secs: 2, ..S2sConfig::default() }
