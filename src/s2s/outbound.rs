@@ -36,7 +36,7 @@ pub(crate) async fn run(
         let now = Instant::now();
         // Whatever is already waiting counts before deciding there is nothing to do.
         while let Ok(cmd) = rx.try_recv() {
-            take(&mut schedule, &mut verifies, cmd, now);
+            take(&s2s, &mut schedule, &mut verifies, cmd, now);
         }
         bounce_expired(&s2s, &mut schedule, now);
         if schedule.connect_due(now, !verifies.is_empty()) {
@@ -49,7 +49,7 @@ pub(crate) async fn run(
         }
         tokio::select! {
             cmd = rx.recv() => match cmd {
-                Some(cmd) => take(&mut schedule, &mut verifies, cmd, Instant::now()),
+                Some(cmd) => take(&s2s, &mut schedule, &mut verifies, cmd, Instant::now()),
                 None => break, // never: this task holds a sender
             },
             () = super::sleep_until(schedule.poll_timeout()) => {}
@@ -65,11 +65,13 @@ pub(crate) async fn run(
     }
 }
 
-/// A command while no stream is usable: stanzas wait in the schedule; a verification waits
-/// for the attempt it triggers, or fails at once while the peer is in backoff (the peer
-/// asking would time out before the next attempt anyway).
-fn take(schedule: &mut PeerSchedule, verifies: &mut Vec<Verify>, cmd: Cmd, now: Instant) {
+/// A command while no stream is usable: stanzas wait in the schedule (or bounce at once
+/// if DNS just said the domain has no server); a verification waits for the attempt it
+/// triggers, or fails at once while the peer is in backoff (the peer asking would time out
+/// before the next attempt anyway).
+fn take(s2s: &S2s, schedule: &mut PeerSchedule, verifies: &mut Vec<Verify>, cmd: Cmd, now: Instant) {
     match cmd {
+        Cmd::Stanza(el) if schedule.is_missing(now) => s2s.bounce(vec![el], BounceReason::NotFound),
         Cmd::Stanza(el) => {
             // Not up, so always queued.
             let _ = schedule.push(el, now);
@@ -100,7 +102,7 @@ async fn attempt(
         tokio::select! {
             res = &mut connect => break res,
             cmd = rx.recv() => if let Some(cmd) = cmd {
-                take(schedule, verifies, cmd, Instant::now());
+                take(s2s, schedule, verifies, cmd, Instant::now());
             },
             () = super::sleep_until(schedule.poll_timeout()) => {
                 bounce_expired(s2s, schedule, Instant::now());
@@ -117,7 +119,7 @@ async fn attempt(
             let delay = schedule.failed(e.reason, Instant::now(), super::random_u32());
             tracing::info!(peer, error = %e.detail, retry_in = ?delay, "s2s connect failed");
             if e.definitive {
-                s2s.bounce(schedule.take_all(), e.reason);
+                s2s.bounce(schedule.missing(Instant::now()), e.reason);
             }
         }
     }

@@ -69,6 +69,8 @@ pub struct PeerSchedule {
     /// Keep the backoff state (and so the task) until then, even with nothing to send, so a
     /// failing peer is not retried at once by the next stanza.
     linger_until: Instant,
+    /// The last attempt found that the domain has no server at all (DNS said so).
+    missing: bool,
 }
 
 impl PeerSchedule {
@@ -81,6 +83,7 @@ impl PeerSchedule {
             failures: 0,
             timed_out: false,
             linger_until: now,
+            missing: false,
         }
     }
 
@@ -120,6 +123,7 @@ impl PeerSchedule {
     /// An attempt starts.
     pub fn connecting(&mut self) {
         self.link = Link::Connecting;
+        self.missing = false;
     }
 
     /// The stream is authenticated: the backoff resets and every queued stanza is returned, in
@@ -148,9 +152,21 @@ impl PeerSchedule {
         self.linger_until = now;
     }
 
-    /// Everything queued, to bounce now: for a peer that decidedly does not exist.
-    pub fn take_all(&mut self) -> Vec<Element> {
+    /// The domain decidedly has no server (after [`failed`](Self::failed)): everything
+    /// queued comes back to bounce now, and so does every stanza pushed for `retry_min`
+    /// (see [`is_missing`](Self::is_missing)): there is nothing to wait for. Then the next
+    /// stanza asks DNS again, however long the backoff had grown: the answer is cheap and
+    /// costs the (nonexistent) peer nothing.
+    pub fn missing(&mut self, now: Instant) -> Vec<Element> {
+        self.missing = true;
+        self.link = Link::Down { retry_at: now + self.settings.retry_min };
         self.queue.drain(..).map(|(_, stanza)| stanza).collect()
+    }
+
+    /// Whether DNS said, within the last `retry_min`, that the domain has no server: new
+    /// stanzas bounce at once instead of waiting.
+    pub fn is_missing(&self, now: Instant) -> bool {
+        self.missing && self.in_backoff(now)
     }
 
     /// The stanzas that have waited `send_timeout` by `now`, and how to bounce them: as a

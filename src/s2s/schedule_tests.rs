@@ -142,13 +142,13 @@ fn requeued_stanzas_go_first_in_their_order() {
 #[test]
 fn a_failing_peer_is_remembered_until_retry_max_then_forgotten() {
     let t0 = Instant::now();
-    let mut p = PeerSchedule::new(settings(), t0);
+    let mut p = PeerSchedule::new(Settings { send_timeout: 2 * S, ..settings() }, t0);
     assert!(p.finished(t0));
     p.push(msg("a"), t0);
     p.connecting();
     p.failed(BounceReason::NotFound, t0, 0);
     assert!(!p.finished(t0));
-    assert_eq!(ids(&p.take_all()), ["a"]);
+    assert_eq!(p.expire(t0 + 2 * S).map(|(gone, _)| gone.len()), Some(1));
     assert!(!p.finished(t0 + 7 * S), "the backoff outlives the queue");
     assert_eq!(p.poll_timeout(), Some(t0 + 8 * S));
     assert!(p.finished(t0 + 8 * S));
@@ -165,4 +165,25 @@ fn an_up_stream_is_never_finished() {
     assert_eq!(p.poll_timeout(), None);
     p.closed(t0 + 1000 * S);
     assert!(p.finished(t0 + 1000 * S));
+}
+
+#[test]
+fn a_missing_domain_bounces_new_stanzas_for_retry_min_then_asks_again() {
+    let t0 = Instant::now();
+    let mut p = PeerSchedule::new(settings(), t0);
+    p.push(msg("a"), t0);
+    for n in 0..4 {
+        p.connecting();
+        p.failed(BounceReason::NotFound, t0, 0);
+        assert!(!p.is_missing(t0), "a refused connect ({n}) says nothing about the domain");
+    }
+    p.connecting();
+    p.failed(BounceReason::NotFound, t0, 0);
+    assert_eq!(ids(&p.missing(t0)), ["a"]);
+    assert!(p.is_missing(t0 + S / 2) && !p.has_queued());
+    assert!(!p.is_missing(t0 + S), "after retry_min the domain is looked up again");
+    p.push(msg("b"), t0 + S);
+    assert!(p.connect_due(t0 + S, false), "at once, not after the grown backoff");
+    p.connecting();
+    assert!(!p.is_missing(t0 + S));
 }

@@ -70,9 +70,13 @@ def _bindable(ip: str, port: int) -> bool:
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free for both UDP and TCP on 127.0.0.1 a moment ago."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if _bindable("127.0.0.1", port):
+            return port
 
 
 class Dnsmasq:
@@ -80,9 +84,17 @@ class Dnsmasq:
     names it was not given are NXDOMAIN, and nothing is forwarded anywhere."""
 
     def __init__(self, workdir: Path, srv: list[str], hosts: list[str]):
-        self.port = free_udp_port()
-        self.addr = f"127.0.0.1:{self.port}"
         self.log_path = workdir / "dnsmasq.log"
+        # dnsmasq binds UDP and TCP on its port; another process may take either between
+        # our check and its bind, so a failed start is retried on another port.
+        for _ in range(5):
+            self.port = free_udp_port()
+            if self._start(srv, hosts):
+                self.addr = f"127.0.0.1:{self.port}"
+                return
+        raise RuntimeError(f"dnsmasq did not start: {self.log_text()}")
+
+    def _start(self, srv: list[str], hosts: list[str]) -> bool:
         args = [
             shutil.which("dnsmasq") or "/usr/sbin/dnsmasq",
             "--keep-in-foreground",
@@ -104,8 +116,10 @@ class Dnsmasq:
         deadline = time.monotonic() + 10
         while b"started, version" not in self.log_path.read_bytes():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"dnsmasq did not start: {self.log_text()}")
+                self.stop()
+                return False
             time.sleep(0.05)
+        return True
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")

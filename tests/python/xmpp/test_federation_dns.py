@@ -91,3 +91,8 @@ def test_a_domain_without_records_bounces_at_once_as_not_found(s2s_tern, dnsmasq
     err = alice.wait_error(pb.Error.REMOTE_SERVER_NOT_FOUND, timeout=FED_WAIT)
     assert err.id == mid
     assert any("query[A] nothere.test" in q for q in dns.queries()), dns.queries()
+    # Messages right after are bounced too, not held until the send timeout.
+    for _ in range(3):
+        mid = alice.chat("someone@nothere.test", "still nobody")
+        err = alice.wait_down(lambda d: d.WhichOneof("body") == "error" and d.id == mid, mid, FED_WAIT)
+        assert err.error.code == pb.Error.REMOTE_SERVER_NOT_FOUND
