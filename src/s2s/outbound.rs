@@ -38,7 +38,7 @@ pub(crate) async fn run(
         while let Ok(cmd) = rx.try_recv() {
             take(&s2s, &mut schedule, &mut verifies, cmd, now);
         }
-        bounce_expired(&s2s, &mut schedule, now);
+        bounce_expired(&s2s, &peer, &mut schedule, now);
         if schedule.connect_due(now, !verifies.is_empty()) {
             schedule.connecting();
             attempt(&s2s, &peer, &mut schedule, &mut verifies, &mut rx).await;
@@ -81,9 +81,9 @@ fn take(s2s: &S2s, schedule: &mut PeerSchedule, verifies: &mut Vec<Verify>, cmd:
     }
 }
 
-fn bounce_expired(s2s: &S2s, schedule: &mut PeerSchedule, now: Instant) {
+fn bounce_expired(s2s: &S2s, peer: &str, schedule: &mut PeerSchedule, now: Instant) {
     if let Some((stanzas, reason)) = schedule.expire(now) {
-        tracing::info!(n = stanzas.len(), ?reason, "s2s stanzas waited too long; bouncing");
+        tracing::info!(peer, n = stanzas.len(), ?reason, "s2s stanzas waited too long; bouncing");
         s2s.bounce(stanzas, reason);
     }
 }
@@ -105,7 +105,7 @@ async fn attempt(
                 take(s2s, schedule, verifies, cmd, Instant::now());
             },
             () = super::sleep_until(schedule.poll_timeout()) => {
-                bounce_expired(s2s, schedule, Instant::now());
+                bounce_expired(s2s, peer, schedule, Instant::now());
             }
         }
     };
@@ -231,7 +231,7 @@ async fn drive(
             },
             () = sleep => {
                 machine.handle_timeout(Instant::now());
-                bounce_expired(s2s, schedule, Instant::now());
+                bounce_expired(s2s, peer, schedule, Instant::now());
             }
         }
     }
