@@ -73,7 +73,7 @@ pub async fn start(config: Config) -> anyhow::Result<Bound> {
         Ok(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&cert, &key)?))
     };
     if let Some(component) = &config.component {
-        let s2s = crate::s2s::S2s::new_component(component)?;
+        let s2s = crate::s2s::S2s::new_component(component, &config.s2s)?;
         shared.hub.attach_s2s(s2s.clone());
         s2s.start();
     } else if let Some(addr) = config.s2s.listen.0 {

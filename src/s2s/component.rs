@@ -24,9 +24,16 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
-    pub(crate) fn new(config: &crate::config::ComponentConfig) -> Self {
+    /// The component stream of `config`, with the size limit, keepalive and idle timeout of
+    /// `limits`. (No stanza rate limit: the server is ours and carries every peer's traffic;
+    /// it limits each of its own peers.)
+    pub(crate) fn new(config: &crate::config::ComponentConfig, limits: &crate::config::S2sConfig) -> Self {
         let handshaker: Arc<dyn Handshaker> = Arc::new(Sha1Handshake(config.secret.clone()));
-        Settings { server: config.server.clone(), machine: MachineConfig::new(&config.domain, handshaker) }
+        let mut machine = MachineConfig::new(&config.domain, handshaker);
+        machine.limits.max_stanza_bytes = limits.max_stanza_bytes;
+        machine.keepalive_interval = Duration::from_secs(limits.keepalive_secs);
+        machine.idle_timeout = Duration::from_secs(limits.idle_timeout_secs);
+        Settings { server: config.server.clone(), machine }
     }
 }
 
@@ -184,7 +191,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::mpsc;
 
-    use super::handshake_digest;
+    use super::{handshake_digest, Settings};
     use crate::config::ComponentConfig;
     use crate::s2s::{BounceReason, S2s};
 
@@ -231,6 +238,22 @@ mod tests {
             .with_child(Element::new("body", ns).with_text("hi"))
     }
 
+    #[test]
+    fn the_stream_takes_the_s2s_size_limit_and_timers() {
+        let config =
+            ComponentConfig { server: "127.0.0.1:1".into(), domain: "tern.test".into(), secret: "s".into() };
+        let limits = crate::config::S2sConfig {
+            max_stanza_bytes: 12_345,
+            keepalive_secs: 7,
+            idle_timeout_secs: 70,
+            ..Default::default()
+        };
+        let machine = Settings::new(&config, &limits).machine;
+        assert_eq!(machine.limits.max_stanza_bytes, 12_345);
+        assert_eq!(machine.keepalive_interval, Duration::from_secs(7));
+        assert_eq!(machine.idle_timeout, Duration::from_secs(70));
+    }
+
     #[tokio::test]
     async fn stanzas_flow_both_ways_and_the_stream_is_reconnected() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -239,7 +262,7 @@ mod tests {
             domain: "tern.test".into(),
             secret: "s3cret".into(),
         };
-        let s2s = S2s::new_component(&config).unwrap();
+        let s2s = S2s::new_component(&config, &crate::config::S2sConfig::default()).unwrap();
         assert!(s2s.is_component());
         let (in_tx, mut in_rx) = mpsc::unbounded_channel();
         let (b_tx, mut b_rx) = mpsc::unbounded_channel();
@@ -289,7 +312,7 @@ mod tests {
             domain: "tern.test".into(),
             secret: "wrong".into(),
         };
-        let s2s = S2s::new_component(&config).unwrap();
+        let s2s = S2s::new_component(&config, &crate::config::S2sConfig::default()).unwrap();
         let (b_tx, mut b_rx) = mpsc::unbounded_channel();
         s2s.set_sinks(Arc::new(|_| {}), Arc::new(move |els, reason| drop(b_tx.send((els, reason)))));
         s2s.start();

@@ -5,10 +5,11 @@
 //! `net/conn.rs` does for MQTT:
 //!
 //! * [`outbound`]: one task per peer domain, started by the first [`S2s::send`] to it. It
-//!   connects (fixed route, else `<domain>:5269`), negotiates STARTTLS, then SASL EXTERNAL
-//!   or dialback, then
-//!   carries our stanzas and our `<db:verify/>` requests. When it ends, whatever was never
-//!   sent goes to the bounce callback; the next send starts a new task.
+//!   keeps the peer's [`schedule`] (queue, backoff, send timeout), connects through
+//!   [`resolve`] (fixed route, SRV, A/AAAA), negotiates STARTTLS, then SASL EXTERNAL or
+//!   dialback, then carries our stanzas and our `<db:verify/>` requests over that one stream.
+//!   Stanzas that waited `send_timeout` go to the bounce callback; the task ends when nothing
+//!   is left to send and no backoff to remember.
 //! * [`inbound`]: the listener and one task per peer connection. Stanzas from authenticated
 //!   peers go to the stanza callback (the hub); dialback keys are checked with the claimed
 //!   domain's authoritative server over an outbound stream.
@@ -22,8 +23,10 @@ pub mod component;
 pub mod inbound;
 pub mod keyer;
 pub mod outbound;
+pub mod resolve;
+pub mod schedule;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -65,7 +68,8 @@ pub(crate) enum Cmd {
 pub struct S2s {
     local: String,
     machine: MachineConfig,
-    routes: BTreeMap<String, String>,
+    resolver: resolve::Resolver,
+    schedule: schedule::Settings,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     connector: tokio_rustls::TlsConnector,
     /// The anchors peers' certificates are checked against after each handshake.
@@ -92,9 +96,13 @@ impl S2s {
     /// server at `config.server`; every non-local stanza goes over that one stream, which is
     /// connected by [`start`](Self::start) and reconnected with backoff. No s2s listener or
     /// dialback is involved.
-    pub fn new_component(config: &crate::config::ComponentConfig) -> anyhow::Result<Arc<S2s>> {
-        let mut s2s = S2s::build(&config.domain, &crate::config::S2sConfig::default(), None)?;
-        s2s.component = Some(component::Settings::new(config));
+    /// `limits` gives the stream's size limit, keepalive and idle timeout (`[s2s]` keys).
+    pub fn new_component(
+        config: &crate::config::ComponentConfig,
+        limits: &crate::config::S2sConfig,
+    ) -> anyhow::Result<Arc<S2s>> {
+        let mut s2s = S2s::build(&config.domain, limits, None)?;
+        s2s.component = Some(component::Settings::new(config, limits));
         Ok(Arc::new(s2s))
     }
 
@@ -136,6 +144,7 @@ impl S2s {
         let tls = if machine.tls == TlsPolicy::Disabled { None } else { tls };
         machine.dialback_fallback = config.dialback_fallback;
         machine.client_cert = tls.is_some();
+        apply_limits(&mut machine, config);
         let acceptor = match &tls {
             Some(own) => Some(tokio_rustls::TlsAcceptor::from(certs::server_config(own)?)),
             None => None,
@@ -143,7 +152,8 @@ impl S2s {
         Ok(S2s {
             local: local.to_owned(),
             machine,
-            routes: config.routes.clone(),
+            resolver: resolve::Resolver::new(config)?,
+            schedule: schedule::Settings::from_config(config),
             acceptor,
             connector: tokio_rustls::TlsConnector::from(certs::client_config(tls.as_ref())?),
             trust: certs::Trust::load(config.ca_file.as_deref())?,
@@ -219,11 +229,6 @@ impl S2s {
         }
     }
 
-    /// Where `domain` is reached: a fixed route, else its standard s2s port.
-    pub(crate) fn route(&self, domain: &str) -> String {
-        self.routes.get(domain).cloned().unwrap_or_else(|| format!("{domain}:5269"))
-    }
-
     pub(crate) fn deliver(&self, stanza: Element) {
         match self.on_stanza.get() {
             Some(sink) => sink(stanza),
@@ -242,8 +247,26 @@ impl S2s {
     }
 }
 
+/// Puts the per-peer limits of `config` into the machines' config: what one peer's stream may
+/// send us (size, rate) and how it is kept alive, so a peer over them loses only its stream.
+fn apply_limits(machine: &mut MachineConfig, config: &crate::config::S2sConfig) {
+    machine.limits.max_stanza_bytes = config.max_stanza_bytes;
+    machine.max_stanzas_per_sec = config.max_stanzas_per_sec;
+    machine.stanza_burst = config.stanza_burst;
+    machine.keepalive_interval = Duration::from_secs(config.keepalive_secs);
+    machine.idle_timeout = Duration::from_secs(config.idle_timeout_secs);
+}
+
 /// How long a TCP connect or a TLS handshake may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A random number, for backoff jitter and SRV weights; 0 in the (never seen) case that the
+/// system has no randomness, which leaves both merely less spread.
+pub(crate) fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    u32::from_le_bytes(b)
+}
 
 /// A fresh, unpredictable stream id (dialback keys are bound to it).
 pub(crate) fn stream_id() -> String {

@@ -1,5 +1,7 @@
-//! One task per peer domain: connects, runs `bridge::s2s::Outbound`, carries our stanzas and
-//! `<db:verify/>` requests, and bounces what it could not send.
+//! One task per peer domain: keeps the peer's delivery schedule (queue, backoff and send
+//! timeout, `schedule.rs`), connects when an attempt is due (`resolve.rs`), runs
+//! `bridge::s2s::Outbound` on the stream, carries our stanzas and `<db:verify/>` requests, and
+//! bounces the stanzas that waited too long.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,60 +10,140 @@ use tern_bridge::s2s::{Failure, Outbound, Output, PeerCert};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
+use super::schedule::PeerSchedule;
 use super::{BounceReason, Cmd, Io, S2s, CONNECT_TIMEOUT};
 
-/// Runs the stream to `peer` until it ends; `tx` is this task's own channel (to unregister).
+/// A `<db:verify/>` we were asked to send; dropping `reply` reads as "invalid".
+struct Verify {
+    from: String,
+    to: String,
+    id: String,
+    key: String,
+    reply: oneshot::Sender<bool>,
+}
+
+/// Runs everything for `peer` until nothing is left to send or remember; `tx` is this task's
+/// own channel (to unregister).
 pub(crate) async fn run(
     s2s: Arc<S2s>,
     peer: String,
     tx: mpsc::UnboundedSender<Cmd>,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
 ) {
-    let reason = match connect(&s2s, &peer).await {
-        Ok(sock) => drive(&s2s, &peer, sock, &mut rx).await,
-        Err((e, reason)) => {
-            tracing::info!(peer = %peer, error = %e, "s2s connect failed");
-            reason
+    let mut schedule = PeerSchedule::new(s2s.schedule, Instant::now());
+    let mut verifies: Vec<Verify> = Vec::new();
+    loop {
+        let now = Instant::now();
+        // Whatever is already waiting counts before deciding there is nothing to do.
+        while let Ok(cmd) = rx.try_recv() {
+            take(&s2s, &mut schedule, &mut verifies, cmd, now);
         }
-    };
-    // Unregister first, so later sends start a new task; then bounce whatever is left.
+        bounce_expired(&s2s, &peer, &mut schedule, now);
+        if schedule.connect_due(now, !verifies.is_empty()) {
+            schedule.connecting();
+            attempt(&s2s, &peer, &mut schedule, &mut verifies, &mut rx).await;
+            continue;
+        }
+        if schedule.finished(now) && verifies.is_empty() {
+            break;
+        }
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                Some(cmd) => take(&s2s, &mut schedule, &mut verifies, cmd, Instant::now()),
+                None => break, // never: this task holds a sender
+            },
+            () = super::sleep_until(schedule.poll_timeout()) => {}
+        }
+    }
+    // Unregister first, so later sends start a new task; commands that raced with the exit
+    // go to that new task too.
     s2s.forget(&peer, &tx);
     drop(tx);
     rx.close();
-    let mut left = Vec::new();
     while let Ok(cmd) = rx.try_recv() {
-        if let Cmd::Stanza(el) = cmd {
-            left.push(el);
-        } // a dropped verify reply reads as "invalid"
+        s2s.command(&peer, Some(cmd));
     }
-    s2s.bounce(left, reason);
 }
 
-async fn connect(s2s: &S2s, peer: &str) -> Result<Box<dyn Io>, (anyhow::Error, BounceReason)> {
-    let addr = s2s.route(peer);
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr))
-        .await
-        .map_err(|_| (anyhow::anyhow!("connect to {addr} timed out"), BounceReason::Timeout))?
-        .map_err(|e| (anyhow::anyhow!("connect to {addr}: {e}"), BounceReason::NotFound))?;
-    let _ = tcp.set_nodelay(true);
-    tracing::debug!(peer, addr, "s2s connected");
-    Ok(Box::new(tcp))
+/// A command while no stream is usable: stanzas wait in the schedule (or bounce at once
+/// if DNS just said the domain has no server); a verification waits for the attempt it
+/// triggers, or fails at once while the peer is in backoff (the peer asking would time out
+/// before the next attempt anyway).
+fn take(s2s: &S2s, schedule: &mut PeerSchedule, verifies: &mut Vec<Verify>, cmd: Cmd, now: Instant) {
+    match cmd {
+        Cmd::Stanza(el) if schedule.is_missing(now) => s2s.bounce(vec![el], BounceReason::NotFound),
+        Cmd::Stanza(el) => {
+            // Not up, so always queued.
+            let _ = schedule.push(el, now);
+        }
+        Cmd::Verify { .. } if schedule.in_backoff(now) => {}
+        Cmd::Verify { from, to, id, key, reply } => verifies.push(Verify { from, to, id, key, reply }),
+    }
 }
 
-/// The driver loop: drains every output, then waits for bytes, a command or the timer.
+fn bounce_expired(s2s: &S2s, peer: &str, schedule: &mut PeerSchedule, now: Instant) {
+    if let Some((stanzas, reason)) = schedule.expire(now) {
+        tracing::info!(peer, n = stanzas.len(), ?reason, "s2s stanzas waited too long; bouncing");
+        s2s.bounce(stanzas, reason);
+    }
+}
+
+/// One connection attempt, and the stream's whole life if it connects.
+async fn attempt(
+    s2s: &Arc<S2s>,
+    peer: &str,
+    schedule: &mut PeerSchedule,
+    verifies: &mut Vec<Verify>,
+    rx: &mut mpsc::UnboundedReceiver<Cmd>,
+) {
+    let connect = s2s.resolver.connect(peer);
+    tokio::pin!(connect);
+    let connected = loop {
+        tokio::select! {
+            res = &mut connect => break res,
+            cmd = rx.recv() => if let Some(cmd) = cmd {
+                take(s2s, schedule, verifies, cmd, Instant::now());
+            },
+            () = super::sleep_until(schedule.poll_timeout()) => {
+                bounce_expired(s2s, peer, schedule, Instant::now());
+            }
+        }
+    };
+    match connected {
+        Ok(sock) => {
+            tracing::debug!(peer, "s2s connected");
+            drive(s2s, peer, Box::new(sock), rx, schedule, verifies).await;
+        }
+        Err(e) => {
+            verifies.clear();
+            let delay = schedule.failed(e.reason, Instant::now(), super::random_u32());
+            tracing::info!(peer, error = %e.detail, retry_in = ?delay, "s2s connect failed");
+            if e.definitive {
+                s2s.bounce(schedule.missing(Instant::now()), e.reason);
+            }
+        }
+    }
+}
+
+/// The driver loop: drains every output, then waits for bytes, a command or a timer. Stanzas
+/// go to the machine only once it is ready; until then they wait in `schedule`.
 async fn drive(
     s2s: &Arc<S2s>,
     peer: &str,
     sock: Box<dyn Io>,
     rx: &mut mpsc::UnboundedReceiver<Cmd>,
-) -> BounceReason {
+    schedule: &mut PeerSchedule,
+    verifies: &mut Vec<Verify>,
+) {
     let mut machine = Outbound::new(s2s.machine.clone(), &s2s.local, peer, Instant::now());
+    for v in verifies.iter() {
+        machine.send_verify(&v.from, &v.to, &v.id, &v.key, Instant::now());
+    }
     let mut sock = Some(sock);
-    let mut verifies: Vec<((String, String, String), oneshot::Sender<bool>)> = Vec::new();
     let mut reason = BounceReason::NotFound;
+    let mut ready = false;
     let mut buf = vec![0u8; 16 * 1024];
     let mut gone = false;
-    let mut rx_open = true;
     loop {
         let mut closed = false;
         while let Some(out) = machine.poll_output() {
@@ -90,12 +172,15 @@ async fn drive(
                 Output::Ready => {
                     let method = machine.auth_method();
                     tracing::info!(peer, ?method, "s2s outbound stream ready");
+                    ready = true;
+                    for stanza in schedule.up() {
+                        machine.send_stanza(stanza, Instant::now());
+                    }
                 }
                 Output::VerifyResult { from, to, id, valid } => {
-                    let key = (from, to, id);
-                    if let Some(i) = verifies.iter().position(|(k, _)| *k == key) {
-                        let (_, reply) = verifies.swap_remove(i);
-                        let _ = reply.send(valid);
+                    if let Some(i) = verifies.iter().position(|v| v.from == from && v.to == to && v.id == id)
+                    {
+                        let _ = verifies.swap_remove(i).reply.send(valid);
                     }
                 }
                 Output::Failed(f) => {
@@ -104,24 +189,23 @@ async fn drive(
                         reason = BounceReason::Timeout;
                     }
                 }
-                Output::Bounced(stanzas) => s2s.bounce(stanzas, reason),
+                // Never written: they wait for the next stream.
+                Output::Bounced(stanzas) => schedule.requeue(stanzas, Instant::now()),
                 Output::Close => closed = true,
                 Output::Stanza(_) | Output::VerifyDialback { .. } | Output::Authenticated { .. } => {}
             }
         }
-        if closed {
+        if closed || (sock.is_none() && gone) {
             if let Some(mut s) = sock.take() {
                 let _ = s.shutdown().await;
             }
-            return reason;
+            break;
         }
-        let sleep = super::sleep_until(machine.poll_timeout());
+        let wake = [machine.poll_timeout(), schedule.poll_timeout()].into_iter().flatten().min();
+        let sleep = super::sleep_until(wake);
         let Some(s) = sock.as_mut() else {
             // The socket is gone: close the machine (which emits its last outputs), and
             // never spin if it was somehow closed already.
-            if gone {
-                return reason;
-            }
             gone = true;
             machine.close(Instant::now());
             continue;
@@ -134,16 +218,31 @@ async fn drive(
                 }
                 Ok(n) => machine.handle_input(&buf[..n], Instant::now()),
             },
-            cmd = rx.recv(), if rx_open => match cmd {
-                Some(Cmd::Stanza(el)) => machine.send_stanza(el, Instant::now()),
+            cmd = rx.recv() => match cmd {
+                Some(Cmd::Stanza(el)) => {
+                    if let Some(el) = schedule.push(el, Instant::now()) {
+                        machine.send_stanza(el, Instant::now());
+                    }
+                }
                 Some(Cmd::Verify { from, to, id, key, reply }) => {
                     machine.send_verify(&from, &to, &id, &key, Instant::now());
-                    verifies.push(((from, to, id), reply));
+                    verifies.push(Verify { from, to, id, key, reply });
                 }
-                None => rx_open = false,
+                None => {} // never: the task holds a sender
             },
-            () = sleep => machine.handle_timeout(Instant::now()),
+            () = sleep => {
+                machine.handle_timeout(Instant::now());
+                bounce_expired(s2s, peer, schedule, Instant::now());
+            }
         }
+    }
+    // Unanswered verifications read as invalid; the schedule learns how the stream ended.
+    verifies.clear();
+    if ready {
+        schedule.closed(Instant::now());
+    } else {
+        let delay = schedule.failed(reason, Instant::now(), super::random_u32());
+        tracing::info!(peer, retry_in = ?delay, "s2s stream failed before it was ready");
     }
 }
 

@@ -96,6 +96,8 @@ def start_federation(prosody_factory, user_template, tmp_path, pki):
                 'tls = "required"\n'
                 f'ca_file = "{pki.ca_cert}"\n'
                 f"dialback_fallback = {'true' if fallback else 'false'}\n"
+                # A refused peer's stanzas bounce once they have waited this long.
+                "send_timeout_secs = 3\n"
                 "[s2s.routes]\n"
                 f'"xmpp.test" = "{prosody.s2s[0]}:{prosody.s2s[1]}"\n'
             )
