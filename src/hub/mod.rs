@@ -5,6 +5,7 @@
 //! through the rumqttd router. Ephemeral envelopes go straight to the router.
 
 mod muc;
+mod muc_in;
 mod presence;
 mod remote;
 mod remote_roster;

@@ -4,16 +4,20 @@
 //!
 //! The occupant JID is the full JID of the device that joined. Memberships are in sled
 //! (`store::rooms`) and rejoined at start with `<history since=…/>` the newest message stored.
-//! Occupant lists and subjects live here, in memory: joins, leaves, subjects and messages are
-//! stored, an occupant's show/status change is only sent to online devices.
+//! Whether a room still knows us is checked with XEP-0410 self-pings when a device comes online
+//! and every [`CHECK_EVERY`]; a room that forgot us (its server restarted) is joined again, and
+//! messages it refused meanwhile are sent again once it has. Stanzas from rooms are handled in
+//! `muc_in.rs`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tern_bridge::mapping::muc::{self, History, RoomEvent};
+use tern_bridge::mapping::muc::{self, History};
 use tern_bridge::stanza::Stanza;
 use tern_bridge::stream::NS_SERVER;
-use tern_bridge::Jid;
+use tern_bridge::{Element, Jid};
 use tern_schemas::v1::{self, down, error::Code, presence::Show, up};
 
 use super::{internal, now_ms, Hub};
@@ -26,23 +30,47 @@ use crate::store::rooms::RoomRecord;
 /// Own groupchat messages remembered until the room reflects them, per room: enough for a
 /// burst of sends from a phone coming back online.
 const MAX_UNREFLECTED: usize = 64;
+/// How often every room is checked (self-ping, or a join that got no answer is sent again).
+/// XEP-0410 implementations ping after 5 to 15 minutes of silence.
+pub(super) const CHECK_EVERY: Duration = Duration::from_secs(300);
+/// A room checked this recently is not checked again when another device comes online: phones
+/// on bad networks reconnect often.
+const RECHECK_AFTER_MS: u64 = 30_000;
 
 /// The rooms users are in (or joining), by user and room bare JID.
 #[derive(Default)]
-pub(super) struct Rooms(Mutex<HashMap<UserName, HashMap<String, RoomState>>>);
+pub(super) struct Rooms {
+    map: Mutex<HashMap<UserName, HashMap<String, RoomState>>>,
+    next_ping: AtomicU64,
+}
 
 /// One user's membership of one room.
-struct RoomState {
-    record: RoomRecord,
+pub(super) struct RoomState {
+    pub(super) record: RoomRecord,
     /// Whether the room has confirmed our own presence (status 110).
-    joined: bool,
-    /// Up ids of joins waiting for the room's answer (empty for a rejoin at start).
-    waiting: Vec<String>,
-    /// The other occupants (and ours), by nick.
-    occupants: HashMap<String, v1::Occupant>,
-    subject: Option<String>,
-    /// (message id, device) of groupchat messages sent and not yet reflected.
-    unreflected: VecDeque<(String, DeviceId)>,
+    pub(super) joined: bool,
+    /// When the join presence in flight went out, ms.
+    pub(super) joining_since: Option<u64>,
+    /// Up ids of phones' joins waiting for the room's answer (none for a rejoin).
+    pub(super) waiting: Vec<String>,
+    /// The occupants, ours included, by nick.
+    pub(super) occupants: HashMap<String, v1::Occupant>,
+    pub(super) subject: Option<String>,
+    /// Groupchat messages sent and not yet reflected.
+    pub(super) unreflected: VecDeque<Sent>,
+    /// Messages to send once the room has us again.
+    pub(super) held: Vec<Element>,
+    /// The id of the self-ping in flight.
+    pub(super) ping: Option<String>,
+    /// When the last self-ping went out, ms.
+    pinged_at: u64,
+}
+
+/// A groupchat message on its way: the room's reflection or error answer names it by id.
+pub(super) struct Sent {
+    pub(super) id: String,
+    pub(super) device: DeviceId,
+    pub(super) stanza: Element,
 }
 
 impl RoomState {
@@ -50,18 +78,36 @@ impl RoomState {
         RoomState {
             record,
             joined: false,
+            joining_since: None,
             waiting,
             occupants: HashMap::new(),
             subject: None,
             unreflected: VecDeque::new(),
+            held: Vec::new(),
+            ping: None,
+            pinged_at: 0,
         }
     }
 }
 
+impl RoomState {
+    /// Keeps `stanza` to send once the room has us again; once only, and bounded like
+    /// `unreflected`, so a room that never comes back cannot grow it.
+    pub(super) fn hold(&mut self, stanza: Element) {
+        if self.held.iter().any(|h| h.attr("id") == stanza.attr("id")) {
+            return;
+        }
+        if self.held.len() == MAX_UNREFLECTED {
+            self.held.remove(0);
+        }
+        self.held.push(stanza);
+    }
+}
+
 impl Rooms {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserName, HashMap<String, RoomState>>> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserName, HashMap<String, RoomState>>> {
         // Only in-memory room state is behind it, rebuilt by rejoining: a poisoned guard is safe.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -69,12 +115,18 @@ fn refusal(code: Code, text: &str) -> EnvelopeError {
     EnvelopeError { id: String::new(), code, text: text.into() }
 }
 
-fn inbox_entry(user: &UserName, origin: Option<DeviceId>, id: String, body: down::Body) -> Delivery {
+/// An inbox entry for `user`; `origin` is the device that needs no copy.
+pub(super) fn inbox_entry(
+    user: &UserName,
+    origin: Option<DeviceId>,
+    id: String,
+    body: down::Body,
+) -> Delivery {
     Delivery { user: user.clone(), origin, down: v1::Down { id, body: Some(body), ..Default::default() } }
 }
 
 impl Hub {
-    /// The occupant JID (`user@domain/device`) a device of `user` uses in `room`.
+    /// The occupant JID (`user@domain/device`) of `user` in a room `device` joined.
     fn occupant_jid(&self, user: &UserName, device: &str) -> Result<Jid, EnvelopeError> {
         Jid::parse(&format!("{}/{device}", self.bare_jid(user)))
             .map_err(|e| refusal(Code::Internal, &e.to_string()))
@@ -89,6 +141,14 @@ impl Hub {
                 format!("{}/{}", self.bare_jid(&from.user), state.record.device)
             }
             _ => self.full_jid(from),
+        }
+    }
+
+    /// Sends a stanza to the room's domain.
+    pub(super) fn to_room(&self, room: &str, stanza: Element) {
+        let domain = room.rsplit_once('@').map_or(room, |(_, d)| d);
+        if let Some(s2s) = self.s2s.get() {
+            s2s.send(domain, stanza);
         }
     }
 
@@ -113,26 +173,39 @@ impl Hub {
             last_ts: 0,
             password: password.to_owned(),
         };
+        let mut answer = Vec::new();
         {
             let mut rooms = self.rooms.lock();
             let mine = rooms.entry(from.user.clone()).or_default();
             if let Some(state) = mine.get_mut(&key) {
                 if !state.joined {
                     state.waiting.push(id.to_owned());
+                    let idle = state.joining_since.is_none();
+                    drop(rooms);
+                    if idle {
+                        self.rejoin(&from.user, &key);
+                    }
                     return Ok(None);
                 }
-                // Already in: tell this device who is there; the answer is our own occupant.
-                let own = state.occupants.get(&state.record.nick).cloned();
-                for o in state.occupants.values().filter(|o| o.nick != state.record.nick) {
-                    self.live_to_device(from, down::Body::Occupant(o.clone()));
-                }
+                // Already in: this device learns who is there; the answer is our own occupant.
+                answer.extend(
+                    state
+                        .occupants
+                        .values()
+                        .filter(|o| o.nick != state.record.nick)
+                        .map(|o| down::Body::Occupant(o.clone())),
+                );
                 if let Some(subject) = &state.subject {
                     let subject =
                         v1::RoomSubject { room: key.clone(), subject: subject.clone(), ..Default::default() };
-                    self.live_to_device(from, down::Body::Subject(subject));
+                    answer.push(down::Body::Subject(subject));
                 }
-                let body = own.map(down::Body::Occupant);
-                return Ok(Some(v1::Down { id: id.to_owned(), body, ..Default::default() }));
+                let own = state.occupants.get(&state.record.nick).cloned().map(down::Body::Occupant);
+                drop(rooms);
+                for body in answer {
+                    self.live_to_device(from, body);
+                }
+                return Ok(Some(v1::Down { id: id.to_owned(), body: own, ..Default::default() }));
             }
             mine.insert(key.clone(), RoomState::new(record.clone(), vec![id.to_owned()]));
         }
@@ -142,23 +215,42 @@ impl Hub {
         }
         self.store.committer.durable().await.map_err(internal)?;
         let history = if history == 0 { History::Default } else { History::MaxStanzas(history) };
-        self.send_join(&from.user, room, &record, history);
+        self.send_join(&from.user, &key, history);
         tracing::info!(user = %from.user, room = %key, "joining a room");
         Ok(None)
     }
 
-    /// Sends the join presence for `record`'s nick and device.
-    fn send_join(&self, user: &UserName, room: &Jid, record: &RoomRecord, history: History) {
-        let (Ok(occupant), Ok(room_nick)) =
-            (self.occupant_jid(user, &record.device), room.with_resource(&record.nick))
-        else {
-            return tracing::warn!(user = %user, room = %room, "stored room membership has an invalid JID");
+    /// Sends the join presence of `user`'s membership of `key`, marking it in flight.
+    fn send_join(&self, user: &UserName, key: &str, history: History) {
+        let record = {
+            let mut rooms = self.rooms.lock();
+            let Some(state) = rooms.get_mut(user).and_then(|r| r.get_mut(key)) else { return };
+            state.joining_since = Some(now_ms());
+            state.record.clone()
+        };
+        let room_nick = Jid::parse(key).and_then(|room| room.with_resource(&record.nick));
+        let (Ok(occupant), Ok(room_nick)) = (self.occupant_jid(user, &record.device), room_nick) else {
+            return tracing::warn!(user = %user, room = key, "room membership with an invalid JID");
         };
         let password = Some(record.password.as_str()).filter(|p| !p.is_empty());
         let presence = muc::join_presence(&occupant, &room_nick, history, password);
-        if let Some(s2s) = self.s2s.get() {
-            s2s.send(room.domain(), Stanza::Presence(presence).to_element(NS_SERVER));
-        }
+        self.to_room(key, Stanza::Presence(presence).to_element(NS_SERVER));
+    }
+
+    /// Joins again a room that forgot us (or never answered), asking for what was missed.
+    pub(super) fn rejoin(&self, user: &UserName, key: &str) {
+        let last_ts = {
+            let mut rooms = self.rooms.lock();
+            let Some(state) = rooms.get_mut(user).and_then(|r| r.get_mut(key)) else { return };
+            state.joined = false;
+            state.ping = None;
+            // The room sends everyone again on join; whoever left meanwhile must not linger.
+            state.occupants.clear();
+            state.record.last_ts
+        };
+        let history = if last_ts > 0 { History::Since(last_ts) } else { History::Default };
+        tracing::info!(user = %user, room = key, "rejoining a room");
+        self.send_join(user, key, history);
     }
 
     /// `Up{room_leave}`: leaves for all of the user's devices; they learn it from the inbox.
@@ -175,13 +267,10 @@ impl Hub {
             return Ok(());
         };
         let record = state.record;
-        if let (Ok(occupant), Ok(room_nick)) =
-            (self.occupant_jid(&from.user, &record.device), room.with_resource(&record.nick))
-        {
+        let occupant = self.occupant_jid(&from.user, &record.device);
+        if let (Ok(occupant), Ok(room_nick)) = (occupant, room.with_resource(&record.nick)) {
             let presence = muc::leave_presence(&occupant, &room_nick, Some(status));
-            if let Some(s2s) = self.s2s.get() {
-                s2s.send(room.domain(), Stanza::Presence(presence).to_element(NS_SERVER));
-            }
+            self.to_room(&key, Stanza::Presence(presence).to_element(NS_SERVER));
         }
         let own = v1::Occupant {
             room: key,
@@ -198,7 +287,7 @@ impl Hub {
     }
 
     /// Removes a membership from memory and from the store.
-    fn forget_room(&self, user: &UserName, room: &str) -> Option<RoomState> {
+    pub(super) fn forget_room(&self, user: &UserName, room: &str) -> Option<RoomState> {
         let state = self.rooms.lock().get_mut(user).and_then(|r| r.remove(room));
         if let Err(e) = self.store.rooms.remove(user, room) {
             tracing::error!(error = %e, user = %user, room, "forgetting a room failed");
@@ -208,7 +297,7 @@ impl Hub {
 
     /// `Up{chat}` of type groupchat to `room`: sent as the user's occupant. The room reflects
     /// it, and that reflection is the copy for the user's other devices, so only the dedupe
-    /// record is stored here.
+    /// record is stored here. While the room does not have us, it waits for the (re)join.
     pub(super) async fn room_message(
         &self,
         from: &Identity,
@@ -227,203 +316,108 @@ impl Hub {
         chat.peer = key.clone();
         let occupant = self.occupant_jid(&from.user, &device)?;
         let stanza = tern_bridge::mapping::outbound(&occupant, msg_id.as_str(), &up::Body::Chat(chat))
-            .map_err(|e| refusal(e.code(), &e.to_string()))?;
+            .map_err(|e| refusal(e.code(), &e.to_string()))?
+            .map(|s| s.to_element(NS_SERVER));
         let appended = self.append(Some((&from.user, &from.device, msg_id)), Vec::new()).map_err(internal)?;
         self.store.committer.durable().await.map_err(internal)?;
         if appended == Appended::Duplicate {
             metrics::counter!("tern_duplicates_dropped_total").increment(1);
             return Ok(());
         }
-        if let Some(state) = self.rooms.lock().get_mut(&from.user).and_then(|r| r.get_mut(&key)) {
+        let Some(stanza) = stanza else { return Ok(()) };
+        let (send_now, rejoin) = {
+            let mut rooms = self.rooms.lock();
+            let Some(state) = rooms.get_mut(&from.user).and_then(|r| r.get_mut(&key)) else {
+                return Err(refusal(Code::NotAllowed, "left that room"));
+            };
             if state.unreflected.len() == MAX_UNREFLECTED {
                 state.unreflected.pop_front();
             }
-            state.unreflected.push_back((msg_id.as_str().to_owned(), from.device.clone()));
+            let id = msg_id.as_str().to_owned();
+            state.unreflected.push_back(Sent { id, device: from.device.clone(), stanza: stanza.clone() });
+            if state.joined {
+                (true, false)
+            } else {
+                state.hold(stanza.clone());
+                (false, state.joining_since.is_none())
+            }
+        };
+        if rejoin {
+            self.rejoin(&from.user, &key);
         }
-        if let (Some(s2s), Some(stanza)) = (self.s2s.get(), stanza) {
+        if send_now {
             metrics::counter!("tern_s2s_stanzas_out_total").increment(1);
-            s2s.send(room.domain(), stanza.to_element(NS_SERVER));
+            self.to_room(&key, stanza);
         }
         Ok(())
     }
 
-    /// Rejoins every stored membership, asking for the history missed since the newest
-    /// message stored. Called once federation is attached.
-    pub(super) fn rejoin_rooms(&self) {
-        let all = match self.store.rooms.all() {
-            Ok(all) => all,
-            Err(e) => return tracing::error!(error = %e, "reading the joined rooms failed; none rejoined"),
-        };
-        for (user, key, record) in all {
-            let Ok(room) = Jid::parse(&key) else { continue };
-            let history = if record.last_ts > 0 { History::Since(record.last_ts) } else { History::Default };
-            self.rooms
-                .lock()
-                .entry(user.clone())
-                .or_default()
-                .insert(key.clone(), RoomState::new(record.clone(), Vec::new()));
-            self.send_join(&user, &room, &record, history);
-            tracing::info!(user = %user, room = %key, "rejoining a room");
-        }
-    }
-
-    /// A stanza from another domain: handles it if it comes from a room the user it is for is
-    /// in, and drops room traffic for rooms the user is not in. `false` leaves it to the
-    /// ordinary path (private messages, iqs, anything not about the room).
-    pub(super) fn on_room_stanza(&self, stanza: &Stanza) -> bool {
-        let (from, to) = match stanza {
-            Stanza::Message(m) => (m.from.as_ref(), m.to.as_ref()),
-            Stanza::Presence(p) => (p.from.as_ref(), p.to.as_ref()),
-            Stanza::Iq(_) => return false,
-        };
-        let (Some(from), Some(user)) = (from, to.and_then(|t| self.local_user(t))) else { return false };
-        let key = from.bare_str();
-        let member = self.rooms.lock().get(&user).is_some_and(|r| r.contains_key(&key));
-        let event = match muc::room_event(stanza) {
-            Ok(Some(event)) => event,
-            Ok(None) => return false,
-            Err(e) => {
-                tracing::debug!(error = %e, room = %key, "room stanza does not translate; dropped");
-                return true;
+    /// Loads every stored membership and joins again, asking for the history missed since the
+    /// newest message stored; then checks the rooms every [`CHECK_EVERY`]. Called once
+    /// federation is attached.
+    pub(super) fn start_rooms(self: &Arc<Self>) {
+        match self.store.rooms.all() {
+            Ok(all) => {
+                for (user, key, record) in all {
+                    let mut rooms = self.rooms.lock();
+                    rooms
+                        .entry(user.clone())
+                        .or_default()
+                        .insert(key.clone(), RoomState::new(record, Vec::new()));
+                    drop(rooms);
+                    self.rejoin(&user, &key);
+                }
             }
-        };
-        if !member {
-            // Errors from anyone go the ordinary way; room traffic for a room we left is dropped.
-            return !matches!(event, RoomEvent::Error { .. });
+            Err(e) => tracing::error!(error = %e, "reading the joined rooms failed; none rejoined"),
         }
-        let id = match stanza {
-            Stanza::Message(m) => m.id.clone(),
-            Stanza::Presence(p) => p.id.clone(),
-            Stanza::Iq(_) => None,
-        }
-        .unwrap_or_default();
-        let is_presence = matches!(stanza, Stanza::Presence(_));
-        let deliveries = match event {
-            RoomEvent::Error { code, text } if is_presence => self.room_refused(&user, &key, code, text),
-            // A refused groupchat message: the sender learns it like any remote error.
-            RoomEvent::Error { .. } => return false,
-            RoomEvent::Occupant(o) => self.room_occupant(&user, &key, o, id),
-            RoomEvent::Message(chat) => self.room_chat(&user, &key, chat, id),
-            RoomEvent::Subject(subject) => self.room_subject(&user, &key, subject, id),
-        };
-        if !deliveries.is_empty() {
-            self.store_soon(deliveries);
-        }
-        true
-    }
-
-    /// The room refused our presence: a pending join fails and the membership is dropped.
-    fn room_refused(&self, user: &UserName, key: &str, code: Code, text: String) -> Vec<Delivery> {
-        let joined =
-            self.rooms.lock().get(user).and_then(|r| r.get(key)).map(|s| (s.joined, s.waiting.clone()));
-        let Some((false, waiting)) = joined else {
-            tracing::info!(user = %user, room = key, text, "room refused a presence");
-            return Vec::new();
-        };
-        tracing::info!(user = %user, room = key, text, "room join refused");
-        self.forget_room(user, key);
-        let error = v1::Error { code: code as i32, text };
-        // A rejoin at start has no Up to answer: the empty id says so.
-        let ids = if waiting.is_empty() { vec![String::new()] } else { waiting };
-        ids.into_iter().map(|id| inbox_entry(user, None, id, down::Body::Error(error.clone()))).collect()
-    }
-
-    /// An occupant joined, changed or left; our own occupant completes a join.
-    fn room_occupant(&self, user: &UserName, key: &str, o: v1::Occupant, id: String) -> Vec<Delivery> {
-        let mut rooms = self.rooms.lock();
-        let Some(state) = rooms.get_mut(user).and_then(|r| r.get_mut(key)) else { return Vec::new() };
-        let mine = o.is_self || o.nick == state.record.nick;
-        let leaving = muc::is_leave(&o);
-        let mut entry_id = id;
-        let mut persist = false;
-        if mine && leaving && o.codes.contains(&muc::STATUS_NICK_CHANGE) {
-            state.occupants.remove(&o.nick);
-            state.record.nick = o.new_nick.clone();
-            persist = true;
-        } else if mine && leaving {
-            // Kicked, banned, or the room went away: the membership ends.
-            drop(rooms);
-            self.forget_room(user, key);
-            tracing::info!(user = %user, room = key, codes = ?o.codes, "removed from a room");
-            return vec![inbox_entry(user, None, entry_id, down::Body::Occupant(o))];
-        } else if mine && !state.joined {
-            state.joined = true;
-            // The room may have changed the nick (status 210).
-            persist = state.record.nick != o.nick || state.record.last_ts == 0;
-            state.record.nick = o.nick.clone();
-            // From now on nothing is missed: a rejoin asks for history since here at the latest.
-            state.record.last_ts = state.record.last_ts.max(now_ms());
-            if let Some(first) = state.waiting.drain(..).next() {
-                entry_id = first;
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CHECK_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(hub) = weak.upgrade() else { return };
+                let users: Vec<UserName> = hub.rooms.lock().keys().cloned().collect();
+                for user in users {
+                    hub.check_rooms(&user);
+                }
             }
-        }
-        let known = state.occupants.contains_key(&o.nick);
-        if leaving {
-            state.occupants.remove(&o.nick);
-        } else {
-            state.occupants.insert(o.nick.clone(), o.clone());
-        }
-        let record = persist.then(|| state.record.clone());
-        drop(rooms);
-        if let Some(record) = record {
-            if let Err(e) = self.store.rooms.put(user, key, &record) {
-                tracing::error!(error = %e, user = %user, room = key, "updating a room membership failed");
-            }
-        }
-        if known && !leaving {
-            // Only show or status changed: worth showing now, not worth keeping.
-            self.live(user, down::Body::Occupant(o));
-            return Vec::new();
-        }
-        vec![inbox_entry(user, None, entry_id, down::Body::Occupant(o))]
-    }
-
-    /// A groupchat message (live or history) for the user's inbox.
-    fn room_chat(&self, user: &UserName, key: &str, mut chat: v1::Chat, id: String) -> Vec<Delivery> {
-        let mut rooms = self.rooms.lock();
-        let Some(state) = rooms.get_mut(user).and_then(|r| r.get_mut(key)) else { return Vec::new() };
-        if chat.ts == 0 {
-            chat.ts = now_ms();
-        }
-        let nick = chat.peer.rsplit_once('/').map(|(_, n)| n).unwrap_or_default();
-        chat.outgoing = !nick.is_empty() && nick == state.record.nick;
-        // The reflection of a device's own message skips that device, which has it already.
-        let origin = match state.unreflected.iter().position(|(sent, _)| chat.outgoing && *sent == id) {
-            Some(at) => state.unreflected.remove(at).map(|(_, device)| device),
-            None => None,
-        };
-        let record = (chat.ts > state.record.last_ts).then(|| {
-            state.record.last_ts = chat.ts;
-            state.record.clone()
         });
-        drop(rooms);
-        if let Some(record) = record {
-            // No flush: losing it in a crash only means some history comes again on rejoin.
-            if let Err(e) = self.store.rooms.put(user, key, &record) {
-                tracing::error!(error = %e, user = %user, room = key, "updating a room's last message failed");
-            }
-        }
-        vec![inbox_entry(user, origin, id, down::Body::Chat(chat))]
     }
 
-    /// The subject, stored when it changes (rooms repeat it on every join).
-    fn room_subject(
-        &self,
-        user: &UserName,
-        key: &str,
-        mut subject: v1::RoomSubject,
-        id: String,
-    ) -> Vec<Delivery> {
-        let mut rooms = self.rooms.lock();
-        let Some(state) = rooms.get_mut(user).and_then(|r| r.get_mut(key)) else { return Vec::new() };
-        let previous = state.subject.replace(subject.subject.clone());
-        // An empty subject on join means "none set": nothing to tell.
-        if previous.as_deref().unwrap_or_default() == subject.subject {
-            return Vec::new();
+    /// Makes sure the room still has `user`: a self-ping (XEP-0410) where it should, a new join
+    /// where the last one got no answer in [`CHECK_EVERY`] or the room went away.
+    pub(super) fn check_rooms(&self, user: &UserName) {
+        let now = now_ms();
+        let stale = now.saturating_sub(CHECK_EVERY.as_millis() as u64);
+        let mut pings = Vec::new();
+        let mut rejoins = Vec::new();
+        {
+            let mut rooms = self.rooms.lock();
+            let Some(mine) = rooms.get_mut(user) else { return };
+            for (key, state) in mine.iter_mut() {
+                if state.joined && state.pinged_at + RECHECK_AFTER_MS > now {
+                    continue;
+                }
+                if state.joined {
+                    state.pinged_at = now;
+                    let id = format!("sp{}", self.rooms.next_ping.fetch_add(1, Ordering::Relaxed));
+                    state.ping = Some(id.clone());
+                    pings.push((key.clone(), state.record.clone(), id));
+                } else if state.joining_since.is_none_or(|since| since <= stale) {
+                    rejoins.push(key.clone());
+                }
+            }
         }
-        if subject.ts == 0 {
-            subject.ts = now_ms();
+        for (key, record, id) in pings {
+            let room_nick = Jid::parse(&key).and_then(|room| room.with_resource(&record.nick));
+            if let (Ok(occupant), Ok(room_nick)) = (self.occupant_jid(user, &record.device), room_nick) {
+                let ping = muc::self_ping(&occupant, &room_nick, &id);
+                self.to_room(&key, Stanza::Iq(ping).to_element(NS_SERVER));
+            }
         }
-        vec![inbox_entry(user, None, id, down::Body::Subject(subject))]
+        for key in rejoins {
+            self.rejoin(user, &key);
+        }
     }
 }

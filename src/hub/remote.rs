@@ -43,7 +43,7 @@ impl Hub {
         s2s.set_sinks(stanza, bounce);
         let _ = self.s2s.set(s2s);
         // Outbound stanzas wait in the peer's queue until its stream is up.
-        self.rejoin_rooms();
+        self.start_rooms();
     }
 
     /// Whether `to` is on another domain that federation can reach.
@@ -129,6 +129,9 @@ impl Hub {
             tracing::info!(from = ?claimed.map(|j| j.to_string()), "dropped a remote stanza claiming our own domain");
             return;
         }
+        if self.on_room_stanza(&stanza) {
+            return;
+        }
         if let Stanza::Iq(iq) = &stanza {
             let reply = mapping::answer_iq(iq, &self.domain, env!("CARGO_PKG_VERSION"));
             if let (Some(reply), Some(s2s)) = (reply, self.s2s.get()) {
@@ -136,9 +139,6 @@ impl Hub {
                     s2s.send(to.domain(), reply.to_element(NS_SERVER));
                 }
             }
-            return;
-        }
-        if self.on_room_stanza(&stanza) {
             return;
         }
         if let Stanza::Message(m) = &stanza {

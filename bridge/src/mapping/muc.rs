@@ -1,5 +1,6 @@
 //! Multi-user chat (XEP-0045): join and leave presences, occupant presence, groupchat messages
-//! and subjects, and join errors, as `tern.v1` envelopes.
+//! and subjects, and join errors, as `tern.v1` envelopes; and the self-ping of XEP-0410 that
+//! tells whether the room still knows us.
 //!
 //! Which room a stanza belongs to, and whether the user is in it, is the caller's business (it
 //! holds the membership); these functions only translate.
@@ -8,8 +9,11 @@ use tern_schemas::v1::{self, error::Code, occupant, presence};
 
 use super::delay::{delay_stamp, format_datetime};
 use super::inbound::show_of;
+use super::NS_PING;
 use crate::jid::Jid;
-use crate::stanza::{Condition, Message, MessageType, Presence, PresenceType, Stanza, StanzaError};
+use crate::stanza::{
+    Condition, Iq, IqType, Message, MessageType, Presence, PresenceType, Stanza, StanzaError,
+};
 use crate::stream::Element;
 
 /// The join protocol (XEP-0045 §7.2).
@@ -21,6 +25,19 @@ pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 pub const STATUS_SELF: u32 = 110;
 /// Status code: the occupant changed its nick; the item carries the new one (§7.6).
 pub const STATUS_NICK_CHANGE: u32 = 303;
+/// Status code: the room service is shutting down (§10.10); the room may come back.
+pub const STATUS_SHUTDOWN: u32 = 332;
+
+/// What a room's answer to a self-ping says about our membership (XEP-0410 §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// Still an occupant.
+    Joined,
+    /// The room does not know us (any more): join again.
+    Gone,
+    /// The room could not be reached: ask again later.
+    Unknown,
+}
 
 /// How much history to ask for on join (XEP-0045 §7.2.15).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +88,8 @@ pub enum RoomEvent {
         code: Code,
         /// The condition and the room's text.
         text: String,
+        /// The error as the room sent it.
+        error: StanzaError,
     },
 }
 
@@ -102,6 +121,52 @@ pub fn leave_presence(occupant: &Jid, room_nick: &Jid, status: Option<&str>) -> 
         status: status.filter(|s| !s.is_empty()).map(str::to_owned),
         ..Presence::new(PresenceType::Unavailable)
     }
+}
+
+/// The self-ping (XEP-0410 §3.2): an XMPP ping from our occupant JID to our own nick.
+pub fn self_ping(occupant: &Jid, room_nick: &Jid, id: &str) -> Iq {
+    Iq {
+        from: Some(occupant.clone()),
+        to: Some(room_nick.clone()),
+        ..Iq::request(IqType::Get, id, Element::new("ping", NS_PING))
+    }
+}
+
+/// What the answer `iq` to a self-ping says; `None` for a request.
+pub fn self_ping_answer(iq: &Iq) -> Option<Membership> {
+    let error = match iq.type_ {
+        IqType::Result => return Some(Membership::Joined),
+        IqType::Error => iq.error.as_ref(),
+        IqType::Get | IqType::Set => return None,
+    };
+    Some(match error.map(|e| &e.condition) {
+        // The ping reached one of our own sessions, which does not do pings, or the nick was
+        // changed by another session: either way the occupant is there.
+        Some(Condition::ServiceUnavailable | Condition::FeatureNotImplemented | Condition::ItemNotFound) => {
+            Membership::Joined
+        }
+        Some(Condition::RemoteServerNotFound | Condition::RemoteServerTimeout) => Membership::Unknown,
+        _ => Membership::Gone,
+    })
+}
+
+/// Whether an error answer to our groupchat message means the room does not know us: rooms
+/// refuse non-occupants with not-acceptable (XEP-0045 §7.4), and a room that went away with
+/// its server answers item-not-found.
+pub fn is_not_occupant(error: &StanzaError) -> bool {
+    matches!(error.condition, Condition::NotAcceptable | Condition::ItemNotFound)
+}
+
+/// Whether a refused join is final; otherwise (the room's server is away) it is worth trying
+/// again later.
+pub fn is_final_refusal(error: &StanzaError) -> bool {
+    !matches!(
+        error.condition,
+        Condition::RemoteServerNotFound
+            | Condition::RemoteServerTimeout
+            | Condition::InternalServerError
+            | Condition::ResourceConstraint
+    )
 }
 
 /// What `stanza`, which came from a room the caller knows, means to the phone.
@@ -205,7 +270,7 @@ fn error_event(e: &StanzaError) -> RoomEvent {
         Condition::RemoteServerTimeout => Code::RemoteServerTimeout,
         _ => Code::ServiceUnavailable,
     };
-    RoomEvent::Error { code, text: e.summary() }
+    RoomEvent::Error { code, text: e.summary(), error: e.clone() }
 }
 
 /// Whether an occupant presence says the occupant is gone.

@@ -5,7 +5,7 @@ use tern_schemas::v1::{self, error::Code, occupant, presence};
 use super::muc::*;
 use crate::jid::Jid;
 use crate::stanza::tests::parse_xml;
-use crate::stanza::{Presence, Stanza};
+use crate::stanza::{Condition, Iq, Presence, Stanza, StanzaError};
 use crate::stream::NS_SERVER;
 
 fn jid(s: &str) -> Jid {
@@ -177,11 +177,10 @@ fn join_errors_map_to_codes() {
         ("remote-server-not-found", Code::RemoteServerNotFound),
     ];
     for (condition, code) in cases {
-        assert_eq!(
-            err(condition),
-            Ok(Some(RoomEvent::Error { code, text: condition.into() })),
-            "{condition}"
-        );
+        let Ok(Some(RoomEvent::Error { code: got, text, error })) = err(condition) else {
+            panic!("{condition}")
+        };
+        assert_eq!((got, text.as_str(), error.condition.name()), (code, condition, condition));
     }
 }
 
@@ -225,4 +224,44 @@ fn exact_errors_for_invalid_input() {
     for (xml, want) in cases {
         assert_eq!(event(&xml), Err(want), "{xml}");
     }
+}
+
+#[test]
+fn self_ping_and_its_answers() {
+    let me = jid("alice@tern.test/phone");
+    let ping = self_ping(&me, &jid("lounge@muc.xmpp.test/Alice"), "sp1");
+    assert_eq!(
+        ping.to_element(NS_SERVER).to_string(),
+        "<iq xmlns='jabber:server' from='alice@tern.test/phone' to='lounge@muc.xmpp.test/Alice' id='sp1' \
+         type='get'><ping xmlns='urn:xmpp:ping'/></iq>"
+    );
+    assert_eq!(Iq::parse(&ping.to_element(NS_SERVER)), Ok(ping.clone()));
+    assert_eq!(self_ping_answer(&ping), None);
+    assert_eq!(self_ping_answer(&ping.result_reply(None)), Some(Membership::Joined));
+    let answer = |c: Condition| self_ping_answer(&ping.error_reply(StanzaError::new(c)));
+    for c in [Condition::ServiceUnavailable, Condition::FeatureNotImplemented, Condition::ItemNotFound] {
+        assert_eq!(answer(c.clone()), Some(Membership::Joined), "{c:?}");
+    }
+    for c in [Condition::RemoteServerNotFound, Condition::RemoteServerTimeout] {
+        assert_eq!(answer(c.clone()), Some(Membership::Unknown), "{c:?}");
+    }
+    for c in [Condition::NotAcceptable, Condition::Forbidden, Condition::BadRequest] {
+        assert_eq!(answer(c.clone()), Some(Membership::Gone), "{c:?}");
+    }
+    // As Prosody answers a non-occupant's ping.
+    let el = parse_xml(
+        "<iq xmlns='jabber:server' from='lounge@muc.xmpp.test/Alice' to='alice@tern.test/phone' id='sp1' \
+         type='error'><error type='cancel'><not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+         </error></iq>",
+    );
+    assert_eq!(self_ping_answer(&Iq::parse(&el).unwrap()), Some(Membership::Gone));
+}
+
+#[test]
+fn which_errors_end_a_membership() {
+    assert!(is_not_occupant(&StanzaError::new(Condition::NotAcceptable)));
+    assert!(is_not_occupant(&StanzaError::new(Condition::ItemNotFound)));
+    assert!(!is_not_occupant(&StanzaError::new(Condition::Forbidden)));
+    assert!(is_final_refusal(&StanzaError::new(Condition::Conflict)));
+    assert!(!is_final_refusal(&StanzaError::new(Condition::RemoteServerNotFound)));
 }

@@ -211,3 +211,46 @@ def test_tern_restart_rejoins_the_room(muc, phones, xmpp_client, pb):
     # again (an entry delivered twice keeps its seq: the phone drops the repeat).
     seqs = {d.seq for d in alice.chats() if d.chat.body == "before the restart"}
     assert len(seqs) <= 1, [(d.seq, d.chat.body, d.chat.ts) for d in alice.chats()]
+
+
+def _alice_seen_in_room(bob):
+    bob.wait_for(
+        lambda s: s.name == "presence" and s.from_ == f"{ROOM}/Alice" and s.type == "available",
+        FED_WAIT,
+        "alice in the room",
+    )
+
+
+def _room_server_killed(prosody, bob, xmpp_client):
+    """SIGKILL Prosody (our own child, by PID), start it again; bob makes the room anew."""
+    prosody.proc.kill()
+    prosody.proc.wait(timeout=5)
+    bob.abort()
+    prosody.proc = None
+    prosody.start()
+    return _bob_in_room(xmpp_client, prosody)
+
+
+def test_room_server_restart_tern_joins_again(muc, phones, xmpp_client, pb):
+    """Prosody is killed (a clean stop would save the room with its occupants)
+    and bob makes the room again: it does not know alice. A message the phone
+    posts then is refused by the room, held until tern has rejoined, and sent;
+    a device coming online makes tern check (XEP-0410 self-ping) and rejoin too."""
+    tern, prosody, _ = muc
+    bob = _bob_in_room(xmpp_client, prosody)
+    alice = phones("alice", "phone1")
+    _join(alice, pb)
+
+    bob = _room_server_killed(prosody, bob, xmpp_client)
+    alice.groupchat(ROOM, "anyone after the restart?")
+    _alice_seen_in_room(bob)
+    bob.wait_groupchat(ROOM, "anyone after the restart?", nick="Alice", timeout=FED_WAIT)
+    bob.send_groupchat(ROOM, "yes, me")
+    alice.wait_chat("yes, me", FED_WAIT)
+
+    bob = _room_server_killed(prosody, bob, xmpp_client)
+    phones("alice", "phone2")
+    _alice_seen_in_room(bob)
+    bob.send_groupchat(ROOM, "welcome back")
+    alice.wait_chat("welcome back", FED_WAIT)
+    assert not [d for d in alice.downs() if d.WhichOneof("body") == "error"]
