@@ -203,7 +203,8 @@ impl Hub {
         if chat.ts == 0 {
             chat.ts = now_ms();
         }
-        let nick = chat.peer.rsplit_once('/').map(|(_, n)| n).unwrap_or_default();
+        // A resource (the nick) may itself contain '/': it starts after the first one.
+        let nick = chat.peer.split_once('/').map(|(_, n)| n).unwrap_or_default();
         chat.outgoing = !nick.is_empty() && nick == state.record.nick;
         // The reflection of a device's own message skips that device, which has it already.
         let origin = match state.unreflected.iter().position(|s| chat.outgoing && s.id == id) {
