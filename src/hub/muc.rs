@@ -253,6 +253,30 @@ impl Hub {
         self.send_join(user, key, history);
     }
 
+    /// Directed presence from a device to a room the user is in: the occupant's show and status
+    /// (XEP-0045 §7.7), sent as the occupant to its own nick. `false` when `to` is not such a
+    /// room. Unavailable is not sent: it would leave the room for every device (`room_leave`
+    /// does that).
+    pub(super) fn room_presence(&self, from: &Identity, to: &Jid, mut p: v1::Presence) -> bool {
+        let record = {
+            let rooms = self.rooms.lock();
+            match rooms.get(&from.user).and_then(|r| r.get(&to.bare_str())) {
+                Some(state) if state.joined => Some(state.record.clone()),
+                Some(_) => None,
+                None => return false,
+            }
+        };
+        let Some(record) = record.filter(|_| p.show != Show::Unavailable as i32) else { return true };
+        p.peer = format!("{}/{}", to.bare_str(), record.nick);
+        let occupant = self.occupant_jid(&from.user, &record.device);
+        let stanza =
+            occupant.ok().and_then(|o| tern_bridge::mapping::outbound(&o, "", &up::Body::Presence(p)).ok());
+        if let Some(Some(stanza)) = stanza {
+            self.to_room(&to.bare_str(), stanza.to_element(NS_SERVER));
+        }
+        true
+    }
+
     /// `Up{room_leave}`: leaves for all of the user's devices; they learn it from the inbox.
     pub(super) async fn room_leave(
         &self,

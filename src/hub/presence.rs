@@ -42,6 +42,9 @@ impl Hub {
         let remote = p.clone();
         p.peer = self.full_jid(from);
         if let Some(to) = to {
+            if self.room_presence(from, &to, remote.clone()) {
+                return;
+            }
             if let Some(user) = self.local_user(&to) {
                 self.live(&user, down::Body::Presence(p));
             } else if self.is_remote(&to) {

@@ -126,6 +126,17 @@ def test_phone_joins_and_chats_with_a_prosody_client(muc, phones, xmpp_client, p
     away = alice.wait_occupant(ROOM, "bob", FED_WAIT)
     assert away.occupant.show == pb.Presence.AWAY and away.occupant.status == "lunch" and away.seq == 0
 
+    # The phone's show and status in the room (directed presence), as the one occupant.
+    alice.send(pb.Up(id="p1", presence=pb.Presence(peer=ROOM, show=pb.Presence.AWAY, status="on the bus")))
+    got = bob.wait_for(
+        lambda s: s.name == "presence" and s.from_ == f"{ROOM}/Alice" and "on the bus" in s.xml,
+        FED_WAIT,
+        "alice away in the room",
+    )
+    assert "<show>away</show>" in got.xml
+    mine = alice.wait_occupant(ROOM, "Alice", FED_WAIT, me=True)
+    assert mine.occupant.show == pb.Presence.AWAY and mine.seq == 0
+
     # bob leaves: stored for the phone.
     bob.leave_muc(ROOM, "bob")
     gone = alice.wait_occupant(ROOM, "bob", FED_WAIT, left=True)
