@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tern_bridge::mapping::muc::{self, History};
-use tern_bridge::stanza::Stanza;
+use tern_bridge::stanza::{Condition, Stanza, StanzaError};
 use tern_bridge::stream::NS_SERVER;
 use tern_bridge::{Element, Jid};
 use tern_schemas::v1::{self, down, error::Code, presence::Show, up};
@@ -275,6 +275,26 @@ impl Hub {
             self.to_room(&to.bare_str(), stanza.to_element(NS_SERVER));
         }
         true
+    }
+
+    /// A join presence that could not be delivered (the room's server is unreachable, or the
+    /// component stream is down): a phone's join fails; a rejoin is tried again by the next
+    /// check, or when the next device connects.
+    pub(super) fn join_bounced(&self, presence: &Element, code: Code) {
+        if presence.child("x", muc::NS_MUC).is_none() {
+            return;
+        }
+        let user = presence.attr("from").and_then(|f| Jid::parse(f).ok()).and_then(|j| self.local_user(&j));
+        let room = presence.attr("to").and_then(|t| Jid::parse(t).ok()).map(|j| j.bare_str());
+        let (Some(user), Some(room)) = (user, room) else { return };
+        let error = StanzaError::new(match code {
+            Code::RemoteServerTimeout => Condition::RemoteServerTimeout,
+            _ => Condition::RemoteServerNotFound,
+        });
+        let deliveries = self.room_refused(&user, &room, code, error.summary(), &error);
+        if !deliveries.is_empty() {
+            self.store_soon(deliveries);
+        }
     }
 
     /// `Up{room_leave}`: leaves for all of the user's devices; they learn it from the inbox.

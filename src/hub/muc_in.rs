@@ -98,7 +98,7 @@ impl Hub {
 
     /// The room refused our presence: a phone's join fails and the membership is dropped; a
     /// rejoin is tried again later unless the refusal is final.
-    fn room_refused(
+    pub(super) fn room_refused(
         &self,
         user: &UserName,
         key: &str,
@@ -115,6 +115,7 @@ impl Hub {
             }
             if state.waiting.is_empty() && !muc::is_final_refusal(error) {
                 // The room's server is away: the next check joins again.
+                state.joining_since = None;
                 tracing::info!(user = %user, room = key, text, "rejoin failed; will retry");
                 return Vec::new();
             }

@@ -232,6 +232,10 @@ impl Hub {
         };
         let mut deliveries = Vec::new();
         for el in &stanzas {
+            if el.name() == "presence" {
+                self.join_bounced(el, code);
+                continue;
+            }
             // Only messages with a body or receipt were acknowledged to a phone; chat states
             // and iq answers are dropped silently.
             if el.name() != "message"

@@ -192,6 +192,17 @@ def test_nick_in_use_is_a_conflict(muc, phones, xmpp_client, pb):
     _join(alice, pb, nick="Alice")
 
 
+def test_a_room_on_an_unreachable_server_is_not_joined(muc, phones, pb):
+    alice = phones("alice", "phone1")
+    room = "lounge@muc.nowhere.invalid"
+    jid = alice.join_room(room, "Alice")
+    err = alice.wait_error(pb.Error.REMOTE_SERVER_NOT_FOUND, FED_WAIT)
+    assert err.id == jid and err.seq > 0
+    # Forgotten: posting there is refused at once.
+    mid = alice.groupchat(room, "hello?")
+    assert alice.wait_error(pb.Error.NOT_ALLOWED, FED_WAIT).id == mid
+
+
 def test_tern_restart_rejoins_the_room(muc, phones, xmpp_client, pb):
     tern, prosody, restart = muc
     bob = _bob_in_room(xmpp_client, prosody)
