@@ -207,7 +207,10 @@ impl Hub {
                 }
                 return Ok(Some(v1::Down { id: id.to_owned(), body: own, ..Default::default() }));
             }
-            mine.insert(key.clone(), RoomState::new(record.clone(), vec![id.to_owned()]));
+            let mut state = RoomState::new(record.clone(), vec![id.to_owned()]);
+            // In flight from now: another device joining meanwhile only waits for the answer.
+            state.joining_since = Some(now_ms());
+            mine.insert(key.clone(), state);
         }
         if let Err(e) = self.store.rooms.put(&from.user, &key, &record) {
             self.forget_room(&from.user, &key);
