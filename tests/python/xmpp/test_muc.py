@@ -14,7 +14,7 @@ import time
 import pytest
 
 from ternclient import Phone
-from xmpp.test_component import _stop  # prints the log tail, then SIGTERM by PID
+from xmpp.test_component import COMP_WAIT, _stop, _wait_log, comp_phones, component  # noqa: F401 (fixtures)
 from xmpp.test_federation import FED_WAIT, S2S_ADDR, TERN_DOMAIN, XMPP_USERS, _start_tern
 
 ROOM = "lounge@muc.xmpp.test"
@@ -276,3 +276,19 @@ def test_room_server_restart_tern_joins_again(muc, phones, xmpp_client, pb):
     bob.send_groupchat(ROOM, "welcome back")
     alice.wait_chat("welcome back", FED_WAIT)
     assert not [d for d in alice.downs() if d.WhichOneof("body") == "error"]
+
+
+def test_component_mode_phone_joins_a_room_over_the_component_stream(component, comp_phones, xmpp_client, pb):
+    """The same membership when tern is the XEP-0114 component tern.xmpp.test."""
+    tern, prosody = component
+    _wait_log(tern, "component stream ready")
+    bob = _bob_in_room(xmpp_client, prosody)
+    alice = comp_phones("alice", "phone1")
+    alice.connect()
+    jid = alice.join_room(ROOM, "Alice")
+    own = alice.wait_occupant(ROOM, me=True, timeout=COMP_WAIT)
+    assert own.id == jid and own.occupant.jid == "alice@tern.xmpp.test/phone1"
+    mid = alice.groupchat(ROOM, "hello over the component")
+    assert bob.wait_groupchat(ROOM, "hello over the component", nick="Alice", timeout=COMP_WAIT).id == mid
+    bob.send_groupchat(ROOM, "hello component")
+    assert alice.wait_chat("hello component", COMP_WAIT).chat.peer == f"{ROOM}/bob"
