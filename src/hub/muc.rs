@@ -30,6 +30,10 @@ use crate::store::rooms::RoomRecord;
 /// Own groupchat messages remembered until the room reflects them, per room: enough for a
 /// burst of sends from a phone coming back online.
 const MAX_UNREFLECTED: usize = 64;
+/// How far before the last message stored a rejoin asks for history.
+const HISTORY_OVERLAP_MS: u64 = 5_000;
+/// How many ids of the newest messages are kept per room to recognise repeated history.
+pub(super) const RECENT_IDS: usize = 32;
 /// How often every room is checked (self-ping, or a join that got no answer is sent again).
 /// XEP-0410 implementations ping after 5 to 15 minutes of silence.
 pub(super) const CHECK_EVERY: Duration = Duration::from_secs(300);
@@ -170,8 +174,8 @@ impl Hub {
         let record = RoomRecord {
             nick: nick.to_owned(),
             device: from.device.as_str().to_owned(),
-            last_ts: 0,
             password: password.to_owned(),
+            ..Default::default()
         };
         let mut answer = Vec::new();
         {
@@ -251,7 +255,13 @@ impl Hub {
             state.occupants.clear();
             state.record.last_ts
         };
-        let history = if last_ts > 0 { History::Since(last_ts) } else { History::Default };
+        // A little earlier than the last message stored: rooms stamp history in whole seconds
+        // and clocks differ. What comes again is recognised by its id (`RoomRecord::recent`).
+        let history = if last_ts > 0 {
+            History::Since(last_ts.saturating_sub(HISTORY_OVERLAP_MS))
+        } else {
+            History::Default
+        };
         tracing::info!(user = %user, room = key, "rejoining a room");
         self.send_join(user, key, history);
     }

@@ -197,11 +197,16 @@ impl Hub {
         }
     }
 
-    /// A groupchat message (live or history) for the user's inbox.
+    /// A groupchat message (live or history) for the user's inbox; history already stored
+    /// (a rejoin asks for a little more than was missed) is dropped.
     fn room_chat(&self, user: &UserName, key: &str, mut chat: v1::Chat, id: String) -> Vec<Delivery> {
         let mut rooms = self.rooms.lock();
         let Some(state) = rooms.get_mut(user).and_then(|r| r.get_mut(key)) else { return Vec::new() };
-        if chat.ts == 0 {
+        let delayed = chat.ts != 0;
+        if delayed && !id.is_empty() && state.record.recent.contains(&id) {
+            return Vec::new();
+        }
+        if !delayed {
             chat.ts = now_ms();
         }
         // A resource (the nick) may itself contain '/': it starts after the first one.
@@ -212,16 +217,18 @@ impl Hub {
             Some(at) => state.unreflected.remove(at).map(|s| s.device),
             None => None,
         };
-        let record = (chat.ts > state.record.last_ts).then(|| {
-            state.record.last_ts = chat.ts;
-            state.record.clone()
-        });
-        drop(rooms);
-        if let Some(record) = record {
-            // No flush: losing it in a crash only means some history comes again on rejoin.
-            if let Err(e) = self.store.rooms.put(user, key, &record) {
-                tracing::error!(error = %e, user = %user, room = key, "updating a room's last message failed");
+        if !id.is_empty() {
+            if state.record.recent.len() >= super::muc::RECENT_IDS {
+                state.record.recent.remove(0);
             }
+            state.record.recent.push(id.clone());
+        }
+        state.record.last_ts = state.record.last_ts.max(chat.ts);
+        let record = state.record.clone();
+        drop(rooms);
+        // No flush: losing it in a crash only means some history comes again on rejoin.
+        if let Err(e) = self.store.rooms.put(user, key, &record) {
+            tracing::error!(error = %e, user = %user, room = key, "updating a room's last message failed");
         }
         vec![inbox_entry(user, origin, id, down::Body::Chat(chat))]
     }

@@ -23,6 +23,10 @@ pub struct RoomRecord {
     /// The room password, needed again to rejoin.
     #[prost(string, tag = "4")]
     pub password: String,
+    /// Ids of the newest groupchat messages stored, oldest first: history a rejoin brings
+    /// again is recognised by them.
+    #[prost(string, repeated, tag = "5")]
+    pub recent: Vec<String>,
 }
 
 /// Joined rooms over their own tree.
@@ -88,7 +92,7 @@ mod tests {
     use super::*;
 
     fn record(nick: &str) -> RoomRecord {
-        RoomRecord { nick: nick.into(), device: "phone".into(), last_ts: 0, password: String::new() }
+        RoomRecord { nick: nick.into(), device: "phone".into(), ..Default::default() }
     }
 
     #[test]
@@ -104,13 +108,15 @@ mod tests {
             rooms.put(&al, "lounge@muc.x", &record("Al")).unwrap();
             let mut moved = record("Alice");
             moved.last_ts = 42;
+            moved.recent = vec!["m1".into(), "m2".into()];
             rooms.put(&alice, "lounge@muc.x", &moved).unwrap();
             rooms.remove(&alice, "dev@muc.x").unwrap();
             db.flush().unwrap();
         }
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let rooms = Rooms::new(db.open_tree("rooms").unwrap());
-        assert_eq!(rooms.get(&alice, "lounge@muc.x").unwrap().map(|r| r.last_ts), Some(42));
+        let lounge = rooms.get(&alice, "lounge@muc.x").unwrap().unwrap();
+        assert_eq!((lounge.last_ts, lounge.recent.as_slice()), (42, &["m1".to_owned(), "m2".to_owned()][..]));
         assert_eq!(rooms.get(&alice, "dev@muc.x").unwrap(), None);
         let mut all: Vec<_> =
             rooms.all().unwrap().into_iter().map(|(u, r, rec)| (u.to_string(), r, rec.nick)).collect();
