@@ -58,6 +58,10 @@ pub enum UpCmd {
     Ack { upto: Seq },
     /// Resend the inbox after here.
     Sync { after: Seq },
+    /// Join a group chat room (XEP-0045): `room` is bare, `nick` is a valid resource of it.
+    RoomJoin { room: Jid, nick: String, history: u32, password: String },
+    /// Leave a group chat room.
+    RoomLeave { room: Jid, status: String },
 }
 
 /// Why an upward envelope was refused, ready to send back as a `Down.error`.
@@ -155,8 +159,33 @@ pub fn decode_up(payload: &[u8], limits: &Limits) -> Result<UpEnvelope, Envelope
         up::Body::RosterRemove(rm) => UpCmd::RosterRemove { jid: jid(&rm.jid)?.to_bare() },
         up::Body::Ack(ack) => UpCmd::Ack { upto: Seq(ack.upto) },
         up::Body::Sync(sync) => UpCmd::Sync { after: Seq(sync.after) },
+        up::Body::RoomJoin(join) => {
+            if join.nick.len() > limits.max_text || join.password.len() > limits.max_text {
+                return Err(err(Code::TooLarge, "nick or password too large"));
+            }
+            let room = room_jid(&join.room).map_err(|text| err(Code::BadJid, &text))?;
+            // The nick is the resource of the occupant JID (XEP-0045 §7.2.2).
+            room.with_resource(&join.nick).map_err(|e| err(Code::BadJid, &format!("nick: {e}")))?;
+            UpCmd::RoomJoin { room, nick: join.nick, history: join.history, password: join.password }
+        }
+        up::Body::RoomLeave(leave) => {
+            if leave.status.len() > limits.max_text {
+                return Err(err(Code::TooLarge, "status too large"));
+            }
+            let room = room_jid(&leave.room).map_err(|text| err(Code::BadJid, &text))?;
+            UpCmd::RoomLeave { room, status: leave.status }
+        }
     };
     Ok(UpEnvelope { id, cmd })
+}
+
+/// A room's JID: bare, with a local part (the room name).
+fn room_jid(s: &str) -> Result<Jid, String> {
+    let room = Jid::parse(s).map_err(|e| e.to_string())?;
+    if !room.is_bare() || room.local().is_none() {
+        return Err(format!("{s:?} is not a room's bare JID"));
+    }
+    Ok(room)
 }
 
 /// Short name of an envelope kind, for metric labels.
@@ -172,6 +201,8 @@ pub fn up_kind(cmd: &UpCmd) -> &'static str {
         UpCmd::RosterRemove { .. } => "roster_remove",
         UpCmd::Ack { .. } => "ack",
         UpCmd::Sync { .. } => "sync",
+        UpCmd::RoomJoin { .. } => "room_join",
+        UpCmd::RoomLeave { .. } => "room_leave",
     }
 }
 
@@ -230,6 +261,39 @@ mod tests {
             panic!("subscription expected")
         };
         assert!(to.is_bare());
+    }
+
+    #[test]
+    fn room_joins_and_leaves_are_checked() {
+        let join = |room: &str, nick: &str| {
+            let body = up::Body::RoomJoin(v1::RoomJoin {
+                room: room.into(),
+                nick: nick.into(),
+                history: 5,
+                password: String::new(),
+            });
+            decode_up(&encode(v1::Up { id: "j".into(), body: Some(body) }), &Limits::default())
+        };
+        let UpCmd::RoomJoin { room, nick, history, .. } = join("Lounge@muc.x", "Alice").unwrap().cmd else {
+            panic!("join expected")
+        };
+        assert_eq!((room.to_string().as_str(), nick.as_str(), history), ("lounge@muc.x", "Alice", 5));
+        for (room, nick) in
+            [("lounge@muc.x/Alice", "A"), ("muc.x", "A"), ("@muc.x", "A"), ("lounge@muc.x", "")]
+        {
+            let e = join(room, nick).unwrap_err();
+            assert_eq!((e.id.as_str(), e.code), ("j", Code::BadJid), "{room} {nick}");
+        }
+        assert_eq!(join("lounge@muc.x", &"n".repeat(2000)).unwrap_err().code, Code::TooLarge);
+        let leave = v1::Up {
+            id: "l".into(),
+            body: Some(up::Body::RoomLeave(v1::RoomLeave {
+                room: "lounge@muc.x".into(),
+                status: "bye".into(),
+            })),
+        };
+        let cmd = decode_up(&encode(leave), &Limits::default()).unwrap().cmd;
+        assert!(matches!(cmd, UpCmd::RoomLeave { ref status, .. } if status == "bye"));
     }
 
     proptest! {

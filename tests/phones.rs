@@ -342,3 +342,28 @@ async fn a_password_change_closes_open_sessions_and_kills_old_tokens() {
     let mut new = Phone::connect(tern.tcp, "alice", "phone", "new-pw").await;
     assert_eq!(new.connack().await, ConnectReturnCode::Success);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_need_federation_and_a_join_first() {
+    let tern = Tern::start();
+    let mut alice = Phone::connect(tern.tcp, "alice", "phone", "alice-pw").await;
+    alice.connack().await;
+    // Without federation no room can be reached.
+    let join =
+        v1::RoomJoin { room: "lounge@muc.example.org".into(), nick: "Alice".into(), ..Default::default() };
+    alice.send(v1::Up { id: "j1".into(), body: Some(v1::up::Body::RoomJoin(join)) }).await;
+    let e = alice.next_where(|d| error_code(d).is_some()).await;
+    assert_eq!((error_code(&e), e.id.as_str()), (Some(Code::RemoteServerNotFound as i32), "j1"));
+    // Posting to a room one is not in is refused, and nothing is stored.
+    let mut post = chat("g1", "lounge@muc.example.org", "hello room");
+    if let Some(v1::up::Body::Chat(c)) = &mut post.body {
+        c.r#type = v1::MessageType::Groupchat as i32;
+    }
+    alice.send(post).await;
+    let e = alice.next_where(|d| error_code(d).is_some()).await;
+    assert_eq!((error_code(&e), e.id.as_str()), (Some(Code::NotAllowed as i32), "g1"));
+    // Leaving a room one is not in is no error.
+    let leave = v1::RoomLeave { room: "lounge@muc.example.org".into(), status: String::new() };
+    alice.send(v1::Up { id: "l1".into(), body: Some(v1::up::Body::RoomLeave(leave)) }).await;
+    assert!(alice.drain_for(Duration::from_millis(300)).await.iter().all(|d| error_code(d).is_none()));
+}

@@ -4,6 +4,8 @@
 //! wait for the group commit, move the durable marks, then wake the recipients' sessions
 //! through the rumqttd router. Ephemeral envelopes go straight to the router.
 
+mod muc;
+mod muc_in;
 mod presence;
 mod remote;
 mod remote_roster;
@@ -36,6 +38,8 @@ pub struct Hub {
     tokens: token::TokenKey,
     token_ttl: u64,
     presence: Mutex<HashMap<UserName, HashMap<DeviceId, v1::Presence>>>,
+    /// Group chat rooms users are in (XEP-0045); see `muc.rs`.
+    rooms: muc::Rooms,
     // Roster changes read, decide and write two users' records; one lock keeps them consistent.
     // A std mutex, never held across an await: taking it never yields, so the synchronous
     // start of an apply (which assigns inbox sequence numbers) keeps PUBLISH order.
@@ -65,6 +69,8 @@ fn count_out(body: &down::Body) {
         down::Body::Error(_) => "error",
         down::Body::SyncDone(_) => "sync_done",
         down::Body::Token(_) => "token",
+        down::Body::Occupant(_) => "occupant",
+        down::Body::Subject(_) => "subject",
     };
     metrics::counter!("tern_envelopes_out_total", "kind" => kind).increment(1);
 }
@@ -90,6 +96,7 @@ impl Hub {
             tokens,
             token_ttl,
             presence: Mutex::new(HashMap::new()),
+            rooms: muc::Rooms::default(),
             roster_lock: std::sync::Mutex::new(()),
             login_slots: tokio::sync::Semaphore::new(MAX_HASHING),
             s2s: std::sync::OnceLock::new(),
@@ -198,6 +205,10 @@ impl Hub {
         };
         let ts = now_ms();
         let reply = match env.cmd {
+            UpCmd::Chat { id: msg_id, to, chat } if chat.r#type == v1::MessageType::Groupchat as i32 => {
+                self.room_message(from, &msg_id, &to, chat).await.map_err(with_id)?;
+                None
+            }
             UpCmd::Chat { id: msg_id, to, chat } if self.is_remote(&to) => {
                 let mut copy = chat.clone();
                 copy.peer = to.to_string();
@@ -277,6 +288,13 @@ impl Hub {
             }
             UpCmd::RosterRemove { jid } => {
                 self.roster_remove(from, &jid).await.map_err(with_id)?;
+                None
+            }
+            UpCmd::RoomJoin { room, nick, history, password } => {
+                self.room_join(from, &id, &room, &nick, history, &password).await.map_err(with_id)?
+            }
+            UpCmd::RoomLeave { room, status } => {
+                self.room_leave(from, &id, &room, &status).await.map_err(with_id)?;
                 None
             }
             // The session handles these itself; reaching here is harmless.

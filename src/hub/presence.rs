@@ -18,6 +18,8 @@ impl Hub {
         self.on_presence(id, None, v1::Presence::default());
         // Remote contacts' presence arrives later, as their servers answer the probes.
         self.probe_remote_contacts(&id.user);
+        // A phone coming back wants its rooms alive: check that they still have the user.
+        self.check_rooms(&id.user);
         let mut out = Vec::new();
         for contact in self.contacts(&id.user, |r| r.to) {
             for (device, mut p) in self.presence_of(&contact) {
@@ -40,6 +42,9 @@ impl Hub {
         let remote = p.clone();
         p.peer = self.full_jid(from);
         if let Some(to) = to {
+            if self.room_presence(from, &to, remote.clone()) {
+                return;
+            }
             if let Some(user) = self.local_user(&to) {
                 self.live(&user, down::Body::Presence(p));
             } else if self.is_remote(&to) {

@@ -42,6 +42,8 @@ impl Hub {
         });
         s2s.set_sinks(stanza, bounce);
         let _ = self.s2s.set(s2s);
+        // Outbound stanzas wait in the peer's queue until its stream is up.
+        self.start_rooms();
     }
 
     /// Whether `to` is on another domain that federation can reach.
@@ -55,8 +57,13 @@ impl Hub {
         id: &str,
         body: &up::Body,
     ) -> Result<Option<Element>, EnvelopeError> {
+        self.stanza_as(&self.full_jid(from), id, body)
+    }
+
+    /// The stanza for `body`, sent as `sender` (a device's or a room occupant's full JID).
+    fn stanza_as(&self, sender: &str, id: &str, body: &up::Body) -> Result<Option<Element>, EnvelopeError> {
         let err = |code, text: String| EnvelopeError { id: String::new(), code, text };
-        let sender = Jid::parse(&self.full_jid(from)).map_err(|e| err(Code::Internal, e.to_string()))?;
+        let sender = Jid::parse(sender).map_err(|e| err(Code::Internal, e.to_string()))?;
         let stanza = mapping::outbound(&sender, id, body).map_err(|e| err(e.code(), e.to_string()))?;
         Ok(stanza.map(|s| s.to_element(NS_SERVER)))
     }
@@ -70,7 +77,7 @@ impl Hub {
         body: &up::Body,
         copy: down::Body,
     ) -> Result<(), EnvelopeError> {
-        let stanza = self.stanza_for(from, msg_id.as_str(), body)?;
+        let stanza = self.stanza_as(&self.sender_for(from, to), msg_id.as_str(), body)?;
         let deliveries = vec![Delivery {
             user: from.user.clone(),
             origin: Some(from.device.clone()),
@@ -92,7 +99,9 @@ impl Hub {
 
     /// Sends an ephemeral stanza (chat state) to a remote peer; failures are ignored.
     pub(super) fn send_remote_ephemeral(&self, from: &Identity, id: &str, to: &Jid, body: &up::Body) {
-        if let (Some(s2s), Ok(Some(el))) = (self.s2s.get(), self.stanza_for(from, id, body)) {
+        if let (Some(s2s), Ok(Some(el))) =
+            (self.s2s.get(), self.stanza_as(&self.sender_for(from, to), id, body))
+        {
             s2s.send(to.domain(), el);
         }
     }
@@ -118,6 +127,9 @@ impl Hub {
         if claimed.is_none_or(|from| from.domain() == self.domain) {
             metrics::counter!("tern_s2s_spoofed_total").increment(1);
             tracing::info!(from = ?claimed.map(|j| j.to_string()), "dropped a remote stanza claiming our own domain");
+            return;
+        }
+        if self.on_room_stanza(&stanza) {
             return;
         }
         if let Stanza::Iq(iq) = &stanza {
@@ -185,7 +197,7 @@ impl Hub {
     /// soon; the committer wakes the recipients once the entries are durable. Nobody is
     /// acknowledged for these, so there is nothing to wait for here: a crash before the
     /// commit loses them the way a crash loses a stanza still in the socket.
-    fn store_soon(&self, deliveries: Vec<Delivery>) {
+    pub(super) fn store_soon(&self, deliveries: Vec<Delivery>) {
         if let Err(e) = self.append(None, deliveries) {
             tracing::error!(error = %e, "storing an s2s stanza failed");
             return;
@@ -207,11 +219,7 @@ impl Hub {
             Condition::RemoteServerTimeout => Code::RemoteServerTimeout,
             _ => Code::ServiceUnavailable,
         };
-        let text = match &error.text {
-            Some(t) => format!("{}: {t}", error.condition.name()),
-            None => error.condition.name().to_owned(),
-        };
-        let error = v1::Error { code: code as i32, text };
+        let error = v1::Error { code: code as i32, text: error.summary() };
         let down = v1::Down { id, body: Some(down::Body::Error(error)), ..Default::default() };
         self.store_soon(vec![Delivery { user, origin: None, down }]);
     }
@@ -224,6 +232,10 @@ impl Hub {
         };
         let mut deliveries = Vec::new();
         for el in &stanzas {
+            if el.name() == "presence" {
+                self.join_bounced(el, code);
+                continue;
+            }
             // Only messages with a body or receipt were acknowledged to a phone; chat states
             // and iq answers are dropped silently.
             if el.name() != "message"

@@ -6,6 +6,7 @@
 pub mod commit;
 pub mod inbox;
 pub mod keys;
+pub mod rooms;
 pub mod roster;
 pub mod users;
 
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 pub use commit::Committer;
 pub use inbox::Inbox;
+pub use rooms::Rooms;
 pub use roster::Rosters;
 pub use users::Users;
 
@@ -42,6 +44,8 @@ pub struct Store {
     pub inbox: Arc<Inbox>,
     /// Rosters and subscription states.
     pub rosters: Rosters,
+    /// Group chat rooms joined on users' behalf.
+    pub rooms: Rooms,
     /// Group commit: one fsync for many writers.
     pub committer: Committer,
 }
@@ -57,6 +61,7 @@ impl Store {
             committer: Committer::spawn(db.clone(), inbox.clone()),
             inbox,
             rosters: Rosters::new(data),
+            rooms: Rooms::new(db.open_tree("rooms")?),
             db,
         })
     }

@@ -165,6 +165,48 @@ class Phone:
         self.send(up, qos=qos)
         return up.id
 
+    # -- group chat (XEP-0045) --------------------------------------------
+
+    def join_room(self, room: str, nick: str, history: int = 0, password: str = "") -> str:
+        """Up{room_join}; returns its id (a refusal comes back as Down{id, error})."""
+        up = self.pb.Up(id=new_id("j"))
+        up.room_join.room, up.room_join.nick = room, nick
+        up.room_join.history, up.room_join.password = history, password
+        self.send(up)
+        return up.id
+
+    def leave_room(self, room: str, status: str = "") -> str:
+        up = self.pb.Up(id=new_id("l"))
+        up.room_leave.room, up.room_leave.status = room, status
+        self.send(up)
+        return up.id
+
+    def groupchat(self, room: str, body: str, msg_id: str | None = None) -> str:
+        up = self.pb.Up(id=msg_id or new_id("g"))
+        up.chat.peer, up.chat.body, up.chat.type = room, body, self.pb.GROUPCHAT
+        self.send(up)
+        return up.id
+
+    def wait_occupant(self, room: str, nick: str | None = None, timeout: float = WAIT, *, left: bool = False, me: bool | None = None):
+        """The next Occupant of `room` (with `nick`) that joined/changed, or left when `left`."""
+        gone = self.pb.Presence.UNAVAILABLE
+        return self.wait_down(
+            lambda d: d.WhichOneof("body") == "occupant"
+            and d.occupant.room == room
+            and (nick is None or d.occupant.nick == nick)
+            and (d.occupant.show == gone) == left
+            and (me is None or d.occupant.is_self == me),
+            f"occupant {room}/{nick} left={left} self={me}",
+            timeout,
+        )
+
+    def wait_subject(self, room: str, subject: str, timeout: float = WAIT):
+        return self.wait_down(
+            lambda d: d.WhichOneof("body") == "subject" and d.subject.room == room and d.subject.subject == subject,
+            f"subject {subject!r} of {room}",
+            timeout,
+        )
+
     def subscribe(self, topics: list[str]) -> list:
         """SUBSCRIBE at QoS 0 to each topic; returns the SUBACK reason codes."""
         result, mid = self.client.subscribe([(t, 0) for t in topics])

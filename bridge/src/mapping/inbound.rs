@@ -2,6 +2,7 @@
 
 use tern_schemas::v1::{self, chat_state, down, presence, receipt, subscription};
 
+use super::muc::{self, RoomEvent};
 use super::{NS_CHATSTATES, NS_CHAT_MARKERS, NS_RECEIPTS};
 use crate::jid::Jid;
 use crate::stanza::{Message, MessageType, Presence, PresenceType, Show, Stanza};
@@ -10,8 +11,9 @@ use crate::stanza::{Message, MessageType, Presence, PresenceType, Show, Stanza};
 ///
 /// `None` for what phones do not receive: iqs (see [`answer_iq`](super::answer_iq)), errors,
 /// probes, stanzas without `from` or `to`, and messages that carry nothing a phone shows (a
-/// room subject, a bare processing hint, an unknown extension). The `Down.id` is the stanza's
-/// `id`, and a chat's `ts` is left 0 for the caller to stamp.
+/// bare processing hint, an unknown extension). Groupchat messages and room subjects are
+/// translated by [`muc`](super::muc). The `Down.id` is the stanza's `id`, and a chat's `ts` is
+/// left 0 for the caller to stamp, unless it is delayed history (XEP-0203).
 pub fn inbound(stanza: &Stanza) -> Option<(Jid, down::Body)> {
     match stanza {
         Stanza::Message(m) => Some((m.to.clone()?, message_body(m)?)),
@@ -22,6 +24,13 @@ pub fn inbound(stanza: &Stanza) -> Option<(Jid, down::Body)> {
 
 fn message_body(m: &Message) -> Option<down::Body> {
     let from = m.from.as_ref()?;
+    if m.type_ == MessageType::Groupchat {
+        return match muc::room_event(&Stanza::Message(m.clone())).ok()?? {
+            RoomEvent::Message(chat) => Some(down::Body::Chat(chat)),
+            RoomEvent::Subject(subject) => Some(down::Body::Subject(subject)),
+            RoomEvent::Occupant(_) | RoomEvent::Error { .. } => None,
+        };
+    }
     let type_ = match m.type_ {
         MessageType::Chat => v1::MessageType::Chat,
         MessageType::Normal => v1::MessageType::Normal,
@@ -81,9 +90,9 @@ fn chat_state_of(name: &str) -> Option<chat_state::State> {
     })
 }
 
-fn presence_body(p: &Presence) -> Option<down::Body> {
-    let from = p.from.as_ref()?;
-    let show = match p.type_ {
+/// The phone's show for an available or unavailable presence; `None` for the other types.
+pub(super) fn show_of(p: &Presence) -> Option<presence::Show> {
+    Some(match p.type_ {
         PresenceType::Available => match p.show {
             None => presence::Show::Available,
             Some(Show::Away) => presence::Show::Away,
@@ -92,6 +101,14 @@ fn presence_body(p: &Presence) -> Option<down::Body> {
             Some(Show::Xa) => presence::Show::Xa,
         },
         PresenceType::Unavailable => presence::Show::Unavailable,
+        _ => return None,
+    })
+}
+
+fn presence_body(p: &Presence) -> Option<down::Body> {
+    let from = p.from.as_ref()?;
+    let show = match p.type_ {
+        PresenceType::Available | PresenceType::Unavailable => show_of(p)?,
         PresenceType::Subscribe => return Some(subscription_body(from, subscription::Kind::Subscribe)),
         PresenceType::Subscribed => return Some(subscription_body(from, subscription::Kind::Subscribed)),
         PresenceType::Unsubscribe => return Some(subscription_body(from, subscription::Kind::Unsubscribe)),

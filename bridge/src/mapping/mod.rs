@@ -1,15 +1,19 @@
 //! Mapping between the phone protocol (`tern.v1` envelopes) and XMPP stanzas (RFC 6121, XEP-0184,
-//! XEP-0333, XEP-0085, XEP-0030, XEP-0115, XEP-0199, XEP-0092).
+//! XEP-0333, XEP-0085, XEP-0030, XEP-0115, XEP-0199, XEP-0092, XEP-0045, XEP-0203).
 //!
 //! Pure functions: [`outbound`] turns what a phone sends into a stanza, [`inbound`] turns a
 //! stanza from the XMPP side into what a phone receives, and [`answer_iq`] answers the iqs tern
 //! handles itself on behalf of its domain and its users (phones never see iqs).
 
 pub mod caps;
+pub mod delay;
 mod inbound;
 mod iq;
+pub mod muc;
 mod outbound;
 
+#[cfg(test)]
+mod muc_tests;
 #[cfg(test)]
 mod tests;
 

@@ -48,7 +48,8 @@ impl OutboundError {
 
 /// The stanza for an `Up` with id `id` and body `body` from `sender` (the device's full JID).
 ///
-/// `Ok(None)` for bodies that are not stanzas (roster, ack, sync): tern handles those itself.
+/// `Ok(None)` for bodies that are not stanzas (roster, ack, sync) and room joins and leaves:
+/// tern handles those itself.
 /// A presence without `peer` comes back with no `to`: it is a broadcast the caller fans out.
 pub fn outbound(sender: &Jid, id: &str, body: &up::Body) -> Result<Option<Stanza>, OutboundError> {
     let id = Some(id.to_owned()).filter(|i| !i.is_empty());
@@ -97,7 +98,10 @@ pub fn outbound(sender: &Jid, id: &str, body: &up::Body) -> Result<Option<Stanza
         | up::Body::RosterSet(_)
         | up::Body::RosterRemove(_)
         | up::Body::Ack(_)
-        | up::Body::Sync(_) => return Ok(None),
+        | up::Body::Sync(_)
+        // Joins and leaves depend on the membership the caller holds: see `muc`.
+        | up::Body::RoomJoin(_)
+        | up::Body::RoomLeave(_) => return Ok(None),
     };
     Ok(Some(stanza))
 }

@@ -193,10 +193,16 @@ fn inbound_groupchat_and_normal() {
     );
     let want = chat("example.org", "motd", "", v1::MessageType::Normal);
     assert_eq!(got, Some((jid("alice@tern.test"), down::Body::Chat(want))));
-    // A room subject change carries no body: nothing for the phone.
-    let subject = "<message xmlns='jabber:server' from='room@muc.example.org' to='alice@tern.test/phone' \
-                   type='groupchat'><subject>Topic</subject></message>";
-    assert_eq!(in_body(subject), None);
+    // A room subject change carries no body: it becomes a RoomSubject (XEP-0045 §8.1).
+    let subject = "<message xmlns='jabber:server' from='room@muc.example.org/romeo' \
+                   to='alice@tern.test/phone' type='groupchat'><subject>Topic</subject></message>";
+    let want = v1::RoomSubject {
+        room: "room@muc.example.org".into(),
+        nick: "romeo".into(),
+        subject: "Topic".into(),
+        ts: 0,
+    };
+    assert_eq!(in_body(subject), Some((alice(), down::Body::Subject(want))));
 }
 
 #[test]

@@ -202,6 +202,14 @@ impl StanzaError {
         self
     }
 
+    /// `condition: text`, or just the condition: what a phone is told about the error.
+    pub fn summary(&self) -> String {
+        match &self.text {
+            Some(t) => format!("{}: {t}", self.condition.name()),
+            None => self.condition.name().to_owned(),
+        }
+    }
+
     /// Parses an `<error/>` element in any namespace (it takes its parent stanza's). Unknown
     /// children (application-specific conditions) are ignored.
     pub fn parse(el: &Element) -> Result<StanzaError, StanzaParseError> {
@@ -301,6 +309,12 @@ mod tests {
             let err = StanzaError::new(cond).with_text("why");
             assert_eq!(StanzaError::parse(&err.to_element(NS_SERVER)), Ok(err));
         }
+    }
+
+    #[test]
+    fn summarises_for_phones() {
+        assert_eq!(StanzaError::new(Condition::Conflict).summary(), "conflict");
+        assert_eq!(StanzaError::new(Condition::Forbidden).with_text("banned").summary(), "forbidden: banned");
     }
 
     #[test]

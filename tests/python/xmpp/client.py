@@ -537,6 +537,16 @@ class XmppClient(_Session):
 
         return run(go(), timeout=timeout + 1)
 
+    def set_subject(self, room: str, subject: str) -> str:
+        """Change the room's subject (XEP-0045 §8.1): a groupchat message with only <subject/>."""
+
+        def build(x):
+            m = x.make_message(mto=room, mtype="groupchat")
+            m["subject"] = subject
+            return m
+
+        return self._send(build)
+
     def leave_muc(self, room: str, nick: str) -> None:
         async def go():
             self.xmpp.plugin["xep_0045"].leave_muc(JID(room), nick)
