@@ -128,3 +128,23 @@ async fn a_crash_between_rotation_and_checkpoint_is_recovered_from_both_files() 
     let Appended::Stored(next) = store.inbox.append(None, 2, vec![to_bob("c")]).unwrap() else { panic!() };
     assert_eq!(next, vec![(bob(), Seq(3))]);
 }
+
+/// An account purge is journaled behind the writes it removes: replaying the journal alone
+/// (sled lost everything) must not bring the purged inbox back.
+#[tokio::test]
+async fn a_purge_replays_after_the_writes_it_removes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), durability(SyncPolicy::Always));
+    store.inbox.append(None, 1, vec![to_bob("1"), to_bob("2")]).unwrap();
+    store.committer.durable().await.unwrap();
+    store.users.remove(&bob()).unwrap();
+    store.committer.durable().await.unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(crashed.path().join("journal")).unwrap();
+    for (index, path) in journal::files(&dir.path().join("journal")).unwrap() {
+        std::fs::copy(path, journal::file_path(&crashed.path().join("journal"), index)).unwrap();
+    }
+    let replayed = open(crashed.path(), durability(SyncPolicy::Always));
+    assert!(replayed.inbox.read(&bob(), Seq(0), 10).unwrap().is_empty());
+    assert_eq!(replayed.inbox.count_all(), 0);
+}
