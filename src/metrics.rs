@@ -42,8 +42,23 @@ fn describe() {
     describe_counter!("tern_bytes_sent_total", Unit::Bytes, "Bytes written to MQTT sockets.");
     describe_counter!("tern_protocol_errors_total", "Connections closed on malformed or oversized packets.");
     describe_gauge!("tern_inbox_depth", "Retained inbox entries, all users.");
-    describe_histogram!("tern_store_flush_seconds", Unit::Seconds, "Duration of one group-commit fsync.");
-    describe_histogram!("tern_store_flush_batch", "Writers released by one group-commit fsync.");
+    describe_histogram!(
+        "tern_store_flush_seconds",
+        Unit::Seconds,
+        "Duration of one group commit: the journal write, plus its fdatasync with [inbox] sync = \"always\"."
+    );
+    describe_histogram!("tern_store_flush_batch", "Writers released by one group commit.");
+    describe_histogram!(
+        "tern_store_checkpoint_seconds",
+        Unit::Seconds,
+        "Duration of one checkpoint: sled flushed, older journal files deleted."
+    );
+    describe_counter!("tern_journal_bytes_total", Unit::Bytes, "Bytes written to the store's journal.");
+    describe_histogram!(
+        "tern_journal_sync_seconds",
+        Unit::Seconds,
+        "Duration of one background journal fdatasync with [inbox] sync = \"write\"."
+    );
     describe_histogram!("tern_store_append_seconds", Unit::Seconds, "Append until durable, per envelope.");
     describe_counter!("tern_s2s_stanzas_out_total", "Stanzas queued for other XMPP domains.");
     describe_counter!("tern_s2s_stanzas_in_total", "Stanzas received from other XMPP domains.");

@@ -11,7 +11,7 @@ use crate::net::conn::Shared;
 use crate::net::listener::{self, Transport};
 use crate::net::registry::Registry;
 use crate::store::inbox::Retention;
-use crate::store::Store;
+use crate::store::{Durability, Store};
 
 /// Where a started server listens.
 #[derive(Debug, Clone)]
@@ -28,7 +28,8 @@ pub struct Bound {
 
 /// Starts everything and returns the bound addresses; the tasks run on the current runtime.
 pub async fn start(config: Config) -> anyhow::Result<Bound> {
-    let store = Store::open(&config.data_dir)?;
+    let durability = Durability::new(config.inbox.sync, Duration::from_millis(config.inbox.sync_interval_ms));
+    let store = Store::open(&config.data_dir, durability)?;
     let depth = store.inbox.count_all();
     metrics::gauge!("tern_inbox_depth").set(depth as f64);
 

@@ -6,12 +6,13 @@
 //! an entry that a crash could take back.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use prost::Message;
 use tern_schemas::v1;
 
+use super::journal::{Batch, Journal};
 use super::{keys, StoreError};
 use crate::ids::{DeviceId, MsgId, Seq, UserName};
 
@@ -79,17 +80,19 @@ struct Marks {
 /// The inbox over the `data` tree.
 pub struct Inbox {
     tree: sled::Tree,
+    journal: Arc<Journal>,
     /// Highest entry per user appended since the last flush began.
     pending: Mutex<HashMap<UserName, Seq>>,
     // One lock for all appends: the critical section is a few microseconds of in-memory work
-    // plus one sled batch, and a single lock keeps seq order equal to write order across users.
+    // plus one journal commit, and a single lock keeps seq order equal to journal order across
+    // users.
     marks: Mutex<HashMap<UserName, Marks>>,
 }
 
 impl Inbox {
-    /// Wraps the `data` tree.
-    pub fn new(tree: sled::Tree) -> Inbox {
-        Inbox { tree, pending: Mutex::new(HashMap::new()), marks: Mutex::new(HashMap::new()) }
+    /// Wraps the `data` tree; writes go through `journal`.
+    pub fn new(tree: sled::Tree, journal: Arc<Journal>) -> Inbox {
+        Inbox { tree, journal, pending: Mutex::new(HashMap::new()), marks: Mutex::new(HashMap::new()) }
     }
 
     fn load_marks(&self, user: &UserName) -> Result<Marks, StoreError> {
@@ -126,14 +129,14 @@ impl Inbox {
         deliveries: Vec<Delivery>,
     ) -> Result<Appended, StoreError> {
         let mut marks = self.lock();
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         if let Some((sender, device, id)) = dedupe {
             let rest = [device.as_str().as_bytes(), b"\0", id.as_str().as_bytes()].concat();
             let key = keys::key(keys::DEDUPE, sender, &rest);
             if self.tree.contains_key(&key)? {
                 return Ok(Appended::Duplicate);
             }
-            batch.insert(key, &now_ms.to_be_bytes());
+            batch.insert(keys::DATA, key, now_ms.to_be_bytes());
         }
         let mut stored = Vec::with_capacity(deliveries.len());
         let mut bumped: Vec<(UserName, Marks)> = Vec::new();
@@ -147,11 +150,12 @@ impl Inbox {
             };
             m.last += 1;
             d.down.seq = m.last;
-            batch.insert(keys::inbox(&d.user, Seq(m.last)), encode_entry(now_ms, d.origin.as_ref(), &d.down));
+            let entry = encode_entry(now_ms, d.origin.as_ref(), &d.down);
+            batch.insert(keys::DATA, keys::inbox(&d.user, Seq(m.last)), entry);
             if m.last == 1 {
                 // Marks the user as having an inbox (retention walks these keys); the number
                 // itself comes from the newest entry, which saves a write per message.
-                batch.insert(keys::prefix(LAST_SEQ, &d.user), &m.last.to_be_bytes());
+                batch.insert(keys::DATA, keys::prefix(LAST_SEQ, &d.user), m.last.to_be_bytes());
             }
             stored.push((d.user.clone(), Seq(m.last)));
             match bumped.iter_mut().find(|(u, _)| *u == d.user) {
@@ -159,7 +163,7 @@ impl Inbox {
                 None => bumped.push((d.user, m)),
             }
         }
-        self.tree.apply_batch(batch)?;
+        self.journal.commit(&batch)?;
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             for (user, m) in &bumped {
@@ -261,16 +265,18 @@ impl Inbox {
             pruned.entries += self.prune_user(&user, now_ms, rules)?;
         }
         let cutoff = now_ms.saturating_sub(rules.dedupe_ms);
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         for item in self.tree.scan_prefix([keys::DEDUPE]) {
             let (k, v) = item?;
             let ts = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
             if ts < cutoff {
-                batch.remove(k);
+                batch.remove(keys::DATA, k.to_vec());
                 pruned.dedupe += 1;
             }
         }
-        self.tree.apply_batch(batch)?;
+        // Journaled like appends, so that a replay after a crash cannot bring pruned records back
+        // in front of later writes.
+        self.journal.commit(&batch)?;
         metrics::gauge!("tern_inbox_depth").decrement(pruned.entries as f64);
         Ok(pruned)
     }
@@ -285,7 +291,7 @@ impl Inbox {
         let last = self.durable(user)?.0;
         let keep_from_count = last.saturating_sub(rules.max_entries);
         let age_cutoff = now_ms.saturating_sub(rules.max_age_ms);
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         let mut n = 0;
         for item in self.tree.scan_prefix(keys::prefix(keys::INBOX, user)) {
             let (k, v) = item?;
@@ -296,10 +302,10 @@ impl Inbox {
             if !expired || seq >= last {
                 break;
             }
-            batch.remove(k);
+            batch.remove(keys::DATA, k.to_vec());
             n += 1;
         }
-        self.tree.apply_batch(batch)?;
+        self.journal.commit(&batch)?;
         Ok(n)
     }
 

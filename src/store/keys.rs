@@ -5,6 +5,9 @@
 
 use crate::ids::{Seq, UserName};
 
+/// The name of the tree holding inbox entries, dedupe records, cursors and rosters.
+pub const DATA: &str = "data";
+
 /// Inbox entry: `i user \0 seq_be`.
 pub const INBOX: u8 = b'i';
 /// Device cursor: `c user \0 device`.

@@ -2,9 +2,11 @@
 //!
 //! Inbox entries, dedupe records, cursors and rosters share one tree so that each change is a
 //! single atomic `apply_batch`; keys start with a one-byte kind, then the user name, then NUL.
+//! Writes that are acknowledged go through the journal (`journal.rs`) first.
 
 pub mod commit;
 pub mod inbox;
+pub mod journal;
 pub mod keys;
 pub mod rooms;
 pub mod roster;
@@ -13,7 +15,7 @@ pub mod users;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use commit::Committer;
+pub use commit::{Committer, Durability};
 pub use inbox::Inbox;
 pub use rooms::Rooms;
 pub use roster::Rosters;
@@ -46,29 +48,43 @@ pub struct Store {
     pub rosters: Rosters,
     /// Group chat rooms joined on users' behalf.
     pub rooms: Rooms,
-    /// Group commit: one fsync for many writers.
+    /// Group commit: one journal write (and sync) for many writers.
     pub committer: Committer,
 }
 
 impl Store {
-    /// Opens (or creates) the store under `dir`. Must be called inside a tokio runtime.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = open_db(dir)?;
-        let data = db.open_tree("data")?;
-        let inbox = Arc::new(Inbox::new(data.clone()));
+    /// Opens (or creates) the store under `dir`, replaying the journal a crash left behind.
+    pub fn open(dir: &Path, durability: Durability) -> Result<Store, StoreError> {
+        let (db, next) = open_recovered(dir)?;
+        let journal = Arc::new(journal::Journal::new(db.clone()));
+        let data = db.open_tree(keys::DATA)?;
+        let inbox = Arc::new(Inbox::new(data.clone(), journal.clone()));
         Ok(Store {
-            users: Users::open(&db)?,
-            committer: Committer::spawn(db.clone(), inbox.clone()),
+            users: Users::open_journaled(&db, journal.clone())?,
+            committer: Committer::spawn(journal.clone(), journal_dir(dir), next, inbox.clone(), durability)?,
             inbox,
-            rosters: Rosters::new(data),
             rooms: Rooms::new(db.open_tree("rooms")?),
+            rosters: Rosters::new(data, journal),
             db,
         })
     }
 }
 
-/// Opens only the database, for CLI commands that run without the daemon.
+/// Opens only the database, for CLI commands that run without the daemon. A journal left by a
+/// crash is replayed first, so that nothing done here is later overwritten by older records.
 pub fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
-    std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-    Ok(sled::Config::new().path(dir.join("db")).open()?)
+    Ok(open_recovered(dir)?.0)
+}
+
+fn journal_dir(dir: &Path) -> std::path::PathBuf {
+    dir.join("journal")
+}
+
+/// Opens sled (which locks the directory), replays the journal into it, and returns the index
+/// of the next journal file.
+fn open_recovered(dir: &Path) -> Result<(sled::Db, u64), StoreError> {
+    std::fs::create_dir_all(dir).map_err(journal::io)?;
+    let db = sled::Config::new().path(dir.join("db")).open()?;
+    let (next, _) = journal::recover(&db, &journal_dir(dir))?;
+    Ok((db, next))
 }

@@ -3,6 +3,9 @@
 use prost::Message;
 use tern_schemas::v1::{self, roster_item::Sub};
 
+use std::sync::Arc;
+
+use super::journal::{Batch, Journal};
 use super::{keys, StoreError};
 use crate::core::subscription::SubState;
 use crate::ids::UserName;
@@ -65,12 +68,13 @@ impl ContactRecord {
 #[derive(Clone)]
 pub struct Rosters {
     tree: sled::Tree,
+    journal: Arc<Journal>,
 }
 
 impl Rosters {
-    /// Wraps the `data` tree.
-    pub fn new(tree: sled::Tree) -> Rosters {
-        Rosters { tree }
+    /// Wraps the `data` tree; writes go through `journal`.
+    pub fn new(tree: sled::Tree, journal: Arc<Journal>) -> Rosters {
+        Rosters { tree, journal }
     }
 
     /// The record of `contact` (a bare JID string) in `user`'s roster.
@@ -100,17 +104,17 @@ impl Rosters {
         mut record: ContactRecord,
         visible: bool,
     ) -> Result<Option<u64>, StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         let ver = if visible {
             let v = self.version(user)? + 1;
             record.ver = v;
-            batch.insert(keys::prefix(keys::ROSTER_VER, user), &v.to_be_bytes());
+            batch.insert(keys::DATA, keys::prefix(keys::ROSTER_VER, user), v.to_be_bytes());
             Some(v)
         } else {
             None
         };
-        batch.insert(keys::key(keys::ROSTER, user, contact.as_bytes()), record.encode_to_vec());
-        self.tree.apply_batch(batch)?;
+        batch.insert(keys::DATA, keys::key(keys::ROSTER, user, contact.as_bytes()), record.encode_to_vec());
+        self.journal.commit(&batch)?;
         Ok(ver)
     }
 
@@ -146,7 +150,7 @@ mod tests {
     #[test]
     fn versions_give_deltas_with_removals() {
         let db = sled::Config::new().temporary(true).open().unwrap();
-        let r = Rosters::new(db.open_tree("data").unwrap());
+        let r = Rosters::new(db.open_tree(keys::DATA).unwrap(), Arc::new(Journal::new(db.clone())));
         let u = UserName::parse("alice").unwrap();
         let listed = ContactRecord { listed: true, name: "Bob".into(), ..Default::default() };
         assert_eq!(r.put(&u, "bob@x", listed.clone(), true).unwrap(), Some(1));
@@ -169,7 +173,7 @@ mod tests {
     #[test]
     fn pending_in_alone_is_not_on_the_roster() {
         let db = sled::Config::new().temporary(true).open().unwrap();
-        let r = Rosters::new(db.open_tree("data").unwrap());
+        let r = Rosters::new(db.open_tree(keys::DATA).unwrap(), Arc::new(Journal::new(db.clone())));
         let u = UserName::parse("alice").unwrap();
         r.put(&u, "eve@x", ContactRecord { pending_in: true, ..Default::default() }, false).unwrap();
         assert!(r.answer(&u, 0).unwrap().items.is_empty());

@@ -1,7 +1,10 @@
 //! User accounts: a slow salted password hash and a token generation per user.
 
+use std::sync::Arc;
+
 use prost::Message;
 
+use super::journal::{Batch, Journal};
 use super::{keys, StoreError};
 use crate::ids::UserName;
 
@@ -22,12 +25,21 @@ pub struct Users {
     tree: sled::Tree,
     meta: sled::Tree,
     data: sled::Tree,
+    journal: Arc<Journal>,
 }
 
 impl Users {
-    /// Opens the trees of `db` that user administration needs.
+    /// Opens the trees of `db` that user administration needs (without the daemon: purges are
+    /// made durable by the flush that follows them, the journal is never written).
     pub fn open(db: &sled::Db) -> Result<Users, StoreError> {
-        Ok(Users { tree: db.open_tree("users")?, meta: db.open_tree("meta")?, data: db.open_tree("data")? })
+        Users::open_journaled(db, Arc::new(Journal::new(db.clone())))
+    }
+
+    /// Like [`Users::open`], purging through the daemon's journal so that a replay after a crash
+    /// keeps earlier writes in front of the purge.
+    pub fn open_journaled(db: &sled::Db, journal: Arc<Journal>) -> Result<Users, StoreError> {
+        let (tree, meta, data) = (db.open_tree("users")?, db.open_tree("meta")?, db.open_tree(keys::DATA)?);
+        Ok(Users { tree, meta, data, journal })
     }
 
     /// The stored record of `user`, if any.
@@ -68,14 +80,14 @@ impl Users {
     /// missing. A later account of the same name starts empty.
     pub fn remove(&self, user: &UserName) -> Result<bool, StoreError> {
         let removed = self.tree.remove(user.as_str())?.is_some();
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         for kind in [keys::INBOX, keys::CURSOR, keys::DEDUPE, keys::ROSTER, keys::ROSTER_VER, keys::LAST_SEQ]
         {
             for k in self.data.scan_prefix(keys::prefix(kind, user)).keys() {
-                batch.remove(k?);
+                batch.remove(keys::DATA, k?.to_vec());
             }
         }
-        self.data.apply_batch(batch)?;
+        self.journal.commit(&batch)?;
         self.tree.flush()?;
         Ok(removed)
     }

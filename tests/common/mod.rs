@@ -61,8 +61,19 @@ impl Tern {
 
     /// Starts a server on an existing data dir.
     pub fn start_in(dir: &Path) -> Tern {
+        Tern::start_configured(dir, None)
+    }
+
+    /// Starts a server on an existing data dir with `config` (TOML) as its config file.
+    pub fn start_configured(dir: &Path, config: Option<&str>) -> Tern {
         let metrics_port = free_port();
-        let mut child = Command::new(bin())
+        let mut cmd = Command::new(bin());
+        if let Some(config) = config {
+            let path = dir.join("tern.toml");
+            std::fs::write(&path, config).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        let mut child = cmd
             .arg("--data-dir")
             .arg(dir)
             .args([

@@ -3,7 +3,12 @@ use super::*;
 fn open() -> (tempfile::TempDir, Inbox) {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::Config::new().path(dir.path()).temporary(true).open().unwrap();
-    (dir, Inbox::new(db.open_tree("data").unwrap()))
+    (dir, over(&db))
+}
+
+/// An inbox on `db` whose journal is never written (these tests flush sled themselves).
+fn over(db: &sled::Db) -> Inbox {
+    Inbox::new(db.open_tree(keys::DATA).unwrap(), Arc::new(Journal::new(db.clone())))
 }
 
 fn user(s: &str) -> UserName {
@@ -101,7 +106,7 @@ fn the_sequence_survives_pruning_and_a_reopen() {
     let rules = Retention { max_entries: 1, max_age_ms: 0, dedupe_ms: 0 };
     {
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let inbox = Inbox::new(db.open_tree("data").unwrap());
+        let inbox = over(&db);
         for i in 0..5 {
             let a = inbox.append(None, 1, vec![chat("bob", &i.to_string())]).unwrap();
             all_durable(&inbox, &a);
@@ -110,7 +115,7 @@ fn the_sequence_survives_pruning_and_a_reopen() {
         db.flush().unwrap();
     }
     let db = sled::Config::new().path(dir.path()).open().unwrap();
-    let inbox = Inbox::new(db.open_tree("data").unwrap());
+    let inbox = over(&db);
     let a = inbox.append(None, 11, vec![chat("bob", "after")]).unwrap();
     assert_eq!(a, Appended::Stored(vec![(user("bob"), Seq(6))]));
 }
@@ -120,12 +125,12 @@ fn marks_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let inbox = Inbox::new(db.open_tree("data").unwrap());
+        let inbox = over(&db);
         inbox.append(None, 1, vec![chat("bob", "1"), chat("bob", "2")]).unwrap();
         db.flush().unwrap();
     }
     let db = sled::Config::new().path(dir.path()).open().unwrap();
-    let inbox = Inbox::new(db.open_tree("data").unwrap());
+    let inbox = over(&db);
     assert_eq!(inbox.durable(&user("bob")).unwrap(), Seq(2));
     assert_eq!(inbox.read(&user("bob"), Seq(0), 10).unwrap().len(), 2);
 }
