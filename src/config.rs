@@ -343,7 +343,14 @@ impl Config {
             (1..=s2s.retry_max_secs).contains(&s2s.retry_min_secs),
             "s2s.retry_min_secs must be 1..=retry_max_secs"
         );
-        anyhow::ensure!(s2s.send_timeout_secs >= 1, "s2s.send_timeout_secs must be at least 1");
+        // Upper bounds keep `Instant + Duration` far from overflow and catch unit mistakes.
+        const DAY: u64 = 24 * 3600;
+        anyhow::ensure!(
+            (1..=DAY).contains(&s2s.send_timeout_secs),
+            "s2s.send_timeout_secs must be 1..=86400"
+        );
+        anyhow::ensure!(s2s.retry_max_secs <= DAY, "s2s.retry_max_secs must be at most 86400");
+        anyhow::ensure!(s2s.idle_timeout_secs <= DAY, "s2s.idle_timeout_secs must be at most 86400");
         anyhow::ensure!(s2s.keepalive_secs >= 1, "s2s.keepalive_secs must be at least 1");
         anyhow::ensure!(
             s2s.idle_timeout_secs > s2s.keepalive_secs,
@@ -417,6 +424,8 @@ mod tests {
         assert!(Config::parse("[mqtt]\ntcp = \"nonsense\"").is_err());
         assert_eq!(Config::parse("[mqtt]\ntls = \"off\"").unwrap().mqtt.tls, Listen(None));
         assert!(Config::parse("[s2s]\ntls = \"maybe\"").is_err());
+        assert!(Config::parse("[s2s]\nsend_timeout_secs = 18446744073709551615").is_err());
+        assert!(Config::parse("[s2s]\nretry_max_secs = 1000000").is_err());
         let c = Config::parse("[s2s]\nlisten = \"127.0.0.1:5269\"\ntls = \"disabled\"\n[s2s.routes]\n\"xmpp.test\" = \"127.0.0.2:5269\"").unwrap();
         assert_eq!(c.s2s.tls, S2sTls::Disabled);
         assert_eq!(c.s2s.routes["xmpp.test"], "127.0.0.2:5269");

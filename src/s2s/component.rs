@@ -125,10 +125,8 @@ async fn drive(
         while let Some(out) = machine.poll_output() {
             match out {
                 Output::Send(bytes) => {
-                    let Some(s) = sock.as_mut() else { continue };
-                    if let Err(e) = s.write_all(&bytes).await {
+                    if let Err(e) = super::write_or_drop(&mut sock, &bytes).await {
                         tracing::info!(error = %e, "component write failed");
-                        sock = None;
                         machine.close(Instant::now());
                     }
                 }

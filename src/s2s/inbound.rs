@@ -49,10 +49,8 @@ async fn run(s2s: Arc<S2s>, tcp: TcpStream, remote: SocketAddr) {
         while let Some(out) = machine.poll_output() {
             match out {
                 Output::Send(bytes) => {
-                    let Some(s) = sock.as_mut() else { continue };
-                    if let Err(e) = s.write_all(&bytes).await {
+                    if let Err(e) = super::write_or_drop(&mut sock, &bytes).await {
                         tracing::info!(%remote, error = %e, "s2s write failed");
-                        sock = None;
                         machine.close(Instant::now());
                     }
                 }

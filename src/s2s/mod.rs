@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use tern_bridge::s2s::{Config as MachineConfig, TlsPolicy};
 use tern_bridge::Element;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::S2sTls;
@@ -259,6 +259,31 @@ fn apply_limits(machine: &mut MachineConfig, config: &crate::config::S2sConfig) 
 
 /// How long a TCP connect or a TLS handshake may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long one write may wait for the peer to read. A peer that stops reading would otherwise
+/// hold its driver in `write_all`, where no keepalive, idle timeout or bounce can run.
+#[cfg(not(test))]
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+#[cfg(test)]
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Writes `bytes` to the connection, if there still is one. A write that fails or stalls for
+/// [`WRITE_TIMEOUT`] drops the connection (`sock` becomes `None`); the caller then closes its
+/// machine, which bounces or requeues what it still held.
+pub(crate) async fn write_or_drop<S: AsyncWrite + Unpin>(
+    sock: &mut Option<S>,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let Some(s) = sock.as_mut() else { return Ok(()) };
+    let result = match tokio::time::timeout(WRITE_TIMEOUT, s.write_all(bytes)).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the peer stopped reading")),
+    };
+    if result.is_err() {
+        *sock = None;
+    }
+    result
+}
 
 /// A random number, for backoff jitter and SRV weights; 0 in the (never seen) case that the
 /// system has no randomness, which leaves both merely less spread.

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tern_bridge::s2s::{Failure, Outbound, Output, PeerCert};
+use tern_bridge::Element;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use super::schedule::PeerSchedule;
+use super::schedule::{PeerSchedule, Pushed};
 use super::{BounceReason, Cmd, Io, S2s, CONNECT_TIMEOUT};
 
 /// A `<db:verify/>` we were asked to send; dropping `reply` reads as "invalid".
@@ -73,11 +74,24 @@ fn take(s2s: &S2s, schedule: &mut PeerSchedule, verifies: &mut Vec<Verify>, cmd:
     match cmd {
         Cmd::Stanza(el) if schedule.is_missing(now) => s2s.bounce(vec![el], BounceReason::NotFound),
         Cmd::Stanza(el) => {
-            // Not up, so always queued.
-            let _ = schedule.push(el, now);
+            // Not up, so never handed back.
+            let _ = push(s2s, schedule, el, now);
         }
         Cmd::Verify { .. } if schedule.in_backoff(now) => {}
         Cmd::Verify { from, to, id, key, reply } => verifies.push(Verify { from, to, id, key, reply }),
+    }
+}
+
+/// Queues `el` (or hands it back to be written now); a full queue bounces it at once.
+fn push(s2s: &S2s, schedule: &mut PeerSchedule, el: Element, now: Instant) -> Option<Element> {
+    match schedule.push(el, now) {
+        Pushed::Send(el) => Some(el),
+        Pushed::Queued => None,
+        Pushed::Full(el) => {
+            metrics::counter!("tern_s2s_queue_full_total").increment(1);
+            s2s.bounce(vec![el], BounceReason::Timeout);
+            None
+        }
     }
 }
 
@@ -149,10 +163,8 @@ async fn drive(
         while let Some(out) = machine.poll_output() {
             match out {
                 Output::Send(bytes) => {
-                    let Some(s) = sock.as_mut() else { continue };
-                    if let Err(e) = s.write_all(&bytes).await {
+                    if let Err(e) = super::write_or_drop(&mut sock, &bytes).await {
                         tracing::info!(peer, error = %e, "s2s write failed");
-                        sock = None;
                         machine.close(Instant::now());
                     }
                 }
@@ -220,7 +232,7 @@ async fn drive(
             },
             cmd = rx.recv() => match cmd {
                 Some(Cmd::Stanza(el)) => {
-                    if let Some(el) = schedule.push(el, Instant::now()) {
+                    if let Some(el) = push(s2s, schedule, el, Instant::now()) {
                         machine.send_stanza(el, Instant::now());
                     }
                 }

@@ -124,7 +124,9 @@ impl Resolver {
             };
         }
         let srv = self.dns.srv_lookup(format!("_xmpp-server._tcp.{domain}.")).await;
-        let srv_missing = srv.is_err();
+        // Only an authoritative "no such record" may make the domain count as serverless; a
+        // SERVFAIL or a timeout is a failed attempt like any other.
+        let srv_missing = srv.as_ref().is_err_and(|e| e.is_no_records_found());
         let targets = match srv {
             Ok(lookup) => {
                 let records = lookup

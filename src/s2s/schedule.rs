@@ -44,6 +44,21 @@ impl Settings {
     }
 }
 
+/// Stanzas one peer may have waiting for its stream; beyond that they bounce at once, so a
+/// dead peer costs bounded memory however much is sent to it.
+pub const MAX_QUEUED: usize = 10_000;
+
+/// What became of a pushed stanza.
+#[derive(Debug)]
+pub enum Pushed {
+    /// The stream is up: write it now.
+    Send(Element),
+    /// It waits for the stream.
+    Queued,
+    /// The queue is full: bounce it.
+    Full(Element),
+}
+
 /// The state of the link to the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Link {
@@ -88,13 +103,16 @@ impl PeerSchedule {
     }
 
     /// A stanza to send: back to the caller to write at once when the stream is up, else
-    /// queued (`None`).
-    pub fn push(&mut self, stanza: Element, now: Instant) -> Option<Element> {
+    /// queued, unless [`MAX_QUEUED`] already wait.
+    pub fn push(&mut self, stanza: Element, now: Instant) -> Pushed {
         if self.link == Link::Up {
-            return Some(stanza);
+            return Pushed::Send(stanza);
+        }
+        if self.queue.len() >= MAX_QUEUED {
+            return Pushed::Full(stanza);
         }
         self.queue.push_back((now, stanza));
-        None
+        Pushed::Queued
     }
 
     /// Stanzas a stream gave back unsent: they wait again, ahead of the rest.

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use tern_bridge::stream::NS_SERVER;
 use tern_bridge::Element;
 
-use super::{PeerSchedule, Settings};
+use super::{PeerSchedule, Pushed, Settings, MAX_QUEUED};
 use crate::s2s::BounceReason;
 
 const S: Duration = Duration::from_secs(1);
@@ -45,13 +45,13 @@ fn the_first_stanza_connects_at_once_and_waits_for_the_stream() {
     let t0 = Instant::now();
     let mut p = PeerSchedule::new(settings(), t0);
     assert!(!p.connect_due(t0, false), "nothing to send, nothing to do");
-    assert!(p.push(msg("a"), t0).is_none());
+    assert!(matches!(p.push(msg("a"), t0), Pushed::Queued));
     assert!(p.connect_due(t0, false));
     p.connecting();
-    assert!(p.push(msg("b"), t0).is_none());
+    assert!(matches!(p.push(msg("b"), t0), Pushed::Queued));
     assert!(!p.connect_due(t0, false), "one attempt at a time");
     assert_eq!(ids(&p.up()), ["a", "b"]);
-    let c = p.push(msg("c"), t0).expect("an up stream takes stanzas directly");
+    let Pushed::Send(c) = p.push(msg("c"), t0) else { panic!("an up stream takes stanzas directly") };
     assert_eq!(c.attr("id"), Some("c"));
     assert!(!p.has_queued());
 }
@@ -186,4 +186,15 @@ fn a_missing_domain_bounces_new_stanzas_for_retry_min_then_asks_again() {
     assert!(p.connect_due(t0 + S, false), "at once, not after the grown backoff");
     p.connecting();
     assert!(!p.is_missing(t0 + S));
+}
+
+#[test]
+fn a_full_queue_hands_stanzas_back_to_bounce() {
+    let t0 = Instant::now();
+    let mut p = PeerSchedule::new(settings(), t0);
+    for i in 0..MAX_QUEUED {
+        assert!(matches!(p.push(msg(&i.to_string()), t0), Pushed::Queued));
+    }
+    let Pushed::Full(over) = p.push(msg("over"), t0) else { panic!("the queue is bounded") };
+    assert_eq!(over.attr("id"), Some("over"));
 }

@@ -194,7 +194,14 @@ async fn an_unreachable_peer_bounces_after_the_send_timeout_and_keeps_backing_of
     let dir = tempfile::tempdir().unwrap();
     let dead = free_port(); // nothing listens there
     let routes = [("b.test", format!("127.0.0.1:{dead}"))];
-    let mut a = node_with("a.test", free_port(), &routes, S2sConfig { tls: S2sTls::Preferred, ..quick() }, own_cert("a.test", dir.path())).await;
+    let mut a = node_with(
+        "a.test",
+        free_port(),
+        &routes,
+        S2sConfig { tls: S2sTls::Preferred, ..quick() },
+        own_cert("a.test", dir.path()),
+    )
+    .await;
     a.s2s.send("b.test", chat("alice@a.test/p", "bob@b.test", "m1", "lost"));
     let (els, why) = next_bounce(&mut a).await;
     assert_eq!(why, BounceReason::NotFound);
@@ -213,7 +220,14 @@ async fn stanzas_queued_for_a_peer_that_comes_up_late_are_delivered() {
     let routes = [("b.test", format!("127.0.0.1:{pb}"))];
     let slow =
         S2sConfig { send_timeout_secs: 30, retry_min_secs: 1, retry_max_secs: 1, ..S2sConfig::default() };
-    let mut a = node_with("a.test", pa, &routes, S2sConfig { tls: S2sTls::Disabled, ..slow }, own_cert("a.test", dir.path())).await;
+    let mut a = node_with(
+        "a.test",
+        pa,
+        &routes,
+        S2sConfig { tls: S2sTls::Disabled, ..slow },
+        own_cert("a.test", dir.path()),
+    )
+    .await;
     a.s2s.send("b.test", chat("alice@a.test/p", "bob@b.test", "m1", "early"));
     tokio::time::sleep(Duration::from_millis(1500)).await; // at least one refused attempt
     a.s2s.send("b.test", chat("alice@a.test/p", "bob@b.test", "m2", "in backoff"));
@@ -236,7 +250,14 @@ async fn only_the_offenders_stream_closes(limits: S2sConfig, offend: impl FnOnce
     let (pa, pb, pc) = (free_port(), free_port(), free_port());
     let to_b = || vec![("b.test", format!("127.0.0.1:{pb}"))];
     let back = [("a.test", format!("127.0.0.1:{pa}")), ("c.test", format!("127.0.0.1:{pc}"))];
-    let mut b = node_with("b.test", pb, &back, S2sConfig { tls: S2sTls::Disabled, ..limits }, own_cert("b.test", dir.path())).await;
+    let mut b = node_with(
+        "b.test",
+        pb,
+        &back,
+        S2sConfig { tls: S2sTls::Disabled, ..limits },
+        own_cert("b.test", dir.path()),
+    )
+    .await;
     let a = node("a.test", pa, &to_b(), S2sTls::Disabled, dir.path()).await;
     let c = node("c.test", pc, &to_b(), S2sTls::Disabled, dir.path()).await;
     // Every (sender's domain, id) b got, in order.
@@ -286,4 +307,15 @@ async fn a_flood_closes_only_its_peers_stream() {
     .await;
     let flood = from_a.iter().filter(|id| id.starts_with('f')).count();
     assert!(flood < 50, "the flood was cut off: {from_a:?}");
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_loses_its_connection_not_the_driver() {
+    let (_peer, ours) = tokio::io::duplex(1024);
+    let mut sock = Some(ours);
+    let stalled = super::write_or_drop(&mut sock, &vec![b' '; 64 * 1024]).await;
+    assert_eq!(stalled.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+    assert!(sock.is_none(), "the connection is dropped");
+    // Nothing left to write to: later output is discarded, not an error.
+    assert!(super::write_or_drop(&mut sock, b"more").await.is_ok());
 }
