@@ -181,6 +181,31 @@ async fn a_deleted_user_is_in_no_room() {
     assert!(hub.store.rooms.all().unwrap().is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn held_messages_fail_when_the_membership_ends() {
+    use prost::Message;
+    let (_dir, hub, user) = setup(&[], &[]).await;
+    let sent = sent("m7", now_ms());
+    hub.rooms.lock().get_mut(&user).and_then(|r| r.get_mut(ROOM)).unwrap().hold(sent);
+    hub.forget_room(&user, ROOM);
+    hub.store.committer.durable().await.unwrap();
+    let stored = hub.store.inbox.read(&user, crate::ids::Seq(0), 10).unwrap();
+    let downs: Vec<_> = stored.iter().map(|e| v1::Down::decode(e.down.clone()).unwrap()).collect();
+    assert!(
+        matches!(downs.as_slice(), [v1::Down { id, body: Some(down::Body::Error(_)), .. }] if id == "m7"),
+        "{downs:?}"
+    );
+}
+
+fn sent(id: &str, at: u64) -> Sent {
+    Sent {
+        id: id.into(),
+        device: crate::ids::DeviceId::parse("phone1").unwrap(),
+        stanza: tern_bridge::Element::new("message", "jabber:server"),
+        at,
+    }
+}
+
 #[test]
 fn waiting_joins_and_held_messages_are_bounded() {
     let mut state = RoomState::new(RoomRecord::default(), Vec::new());
@@ -189,12 +214,6 @@ fn waiting_joins_and_held_messages_are_bounded() {
         state.wait("j0");
     }
     assert!(state.waiting.len() <= 16 && state.waiting.iter().filter(|w| *w == "j0").count() == 1);
-    let sent = |id: &str, at| Sent {
-        id: id.into(),
-        device: crate::ids::DeviceId::parse("phone1").unwrap(),
-        stanza: tern_bridge::Element::new("message", "jabber:server"),
-        at,
-    };
     state.hold(sent("old", 1_000));
     state.hold(sent("new", 50_000));
     let late: Vec<_> = state.expire_held(1_000 + HELD_FOR_MS).into_iter().map(|s| s.id).collect();

@@ -318,6 +318,23 @@ def test_a_room_that_vanished_is_not_created_again_by_a_rejoin(muc, phones, xmpp
     _bob_in_room(xmpp_client, prosody)
 
 
+def test_rooms_per_user_are_bounded(muc, phones, pb):
+    """A user is in at most 64 rooms; one more join is refused at once with LIMIT_REACHED,
+    and leaving one makes room again."""
+    alice = phones("alice", "phone1")
+    rooms = [f"r{i}@muc.xmpp.test" for i in range(64)]
+    for room in rooms:
+        alice.join_room(room, "Alice")
+    for room in rooms:
+        alice.wait_occupant(room, "Alice", FED_WAIT, me=True)
+    jid = alice.join_room("one-more@muc.xmpp.test", "Alice")
+    assert alice.wait_error(pb.Error.LIMIT_REACHED, FED_WAIT).id == jid
+    # A device's envelopes apply in order: the leave is done before the next join.
+    alice.leave_room(rooms[0])
+    jid = alice.join_room("one-more@muc.xmpp.test", "Alice")
+    assert alice.wait_occupant("one-more@muc.xmpp.test", "Alice", FED_WAIT, me=True).id == jid
+
+
 def test_deleting_a_user_leaves_its_rooms(muc, phones, xmpp_client, pb):
     """`tern user del` on a running tern: the room sees the user leave at once, and an account
     made again under the same name is in no room."""
