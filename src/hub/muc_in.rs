@@ -303,9 +303,11 @@ impl Hub {
     ) -> Vec<Delivery> {
         let mut rooms = self.rooms.lock();
         let Some(state) = rooms.get_mut(user).and_then(|r| r.get_mut(key)) else { return Vec::new() };
+        let delayed = chat.ts != 0;
         // A room clock ahead of ours must not move `last_ts` (and so every rejoin) ahead.
         chat.ts = stamp(chat.ts);
-        if !state.record.remember(seen, chat.ts) {
+        // Only history can be a repeat: a live message whose id a sender reused is new.
+        if !state.record.remember(seen, chat.ts) && delayed {
             return Vec::new();
         }
         // A resource (the nick) may itself contain '/': it starts after the first one.

@@ -158,6 +158,8 @@ async fn stamps_from_the_future_and_repeats_are_not_stored() {
     let last_ts = hub.store.rooms.get(&user, ROOM).unwrap().unwrap().last_ts;
     assert!(last_ts <= now_ms(), "capped at now, not year 9999");
     assert!(hub.room_chat(&user, ROOM, chat(1_031_699_305_000), "m1".into(), "s:1").is_empty());
+    // A live message is never a repeat, whatever its key.
+    assert_eq!(hub.room_chat(&user, ROOM, chat(0), "m1".into(), "s:1").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

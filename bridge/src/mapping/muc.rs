@@ -282,8 +282,8 @@ fn error_event(e: &StanzaError) -> RoomEvent {
 }
 
 /// What recognises a groupchat message that a rejoin's history brings again: the room's
-/// XEP-0359 stanza id when it gives one, else the message id, else a hash of sender, stamp
-/// and body (which only matches a repeat of the same history entry).
+/// XEP-0359 stanza id when it gives one, else the sender and message id, else a hash of
+/// sender, stamp and body (which only matches a repeat of the same history entry).
 pub fn history_key(m: &Message, chat: &v1::Chat) -> String {
     let room = m.from.as_ref().map(Jid::bare_str).unwrap_or_default();
     let by_room =
@@ -291,8 +291,9 @@ pub fn history_key(m: &Message, chat: &v1::Chat) -> String {
     if let Some(id) = by_room.and_then(|p| p.attr("id")).filter(|id| !id.is_empty()) {
         return format!("s:{id}");
     }
+    // Senders choose their ids: qualified by the sender, another's cannot hide a message.
     if let Some(id) = m.id.as_deref().filter(|id| !id.is_empty()) {
-        return format!("i:{id}");
+        return format!("i:{}:{id}", chat.peer);
     }
     // FNV-1a: stable across builds, unlike the std hasher, since the keys are stored.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

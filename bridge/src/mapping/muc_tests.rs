@@ -303,7 +303,7 @@ fn history_keys_prefer_the_rooms_stanza_id() {
     let sid = "<stanza-id xmlns='urn:xmpp:sid:0' by='lounge@muc.xmpp.test' id='S1'/>";
     let forged = "<stanza-id xmlns='urn:xmpp:sid:0' by='bob@elsewhere' id='F1'/>";
     assert_eq!(with("id='m1'", sid), "s:S1");
-    assert_eq!(with("id='m1'", forged), "i:m1");
+    assert_eq!(with("id='m1'", forged), "i:lounge@muc.xmpp.test/bob:m1");
     let stamp = "<delay xmlns='urn:xmpp:delay' from='lounge@muc.xmpp.test' stamp='2002-09-10T23:08:25Z'/>";
     let hashed = with("", stamp);
     assert!(hashed.starts_with("h:") && hashed.len() == 18, "{hashed}");
