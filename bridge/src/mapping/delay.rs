@@ -203,7 +203,7 @@ mod tests {
             }
         };
         let ok = delay(Some("lounge@muc.x"), "2002-09-10T23:08:25Z");
-        assert_eq!(delay_stamp_by(&[ok.clone()], &room), Some(1_031_699_305_000));
+        assert_eq!(delay_stamp_by(std::slice::from_ref(&ok), &room), Some(1_031_699_305_000));
         // An occupant's or client's stamp comes first; the room's still counts.
         let forged = delay(Some("lounge@muc.x/mallory"), "9999-12-31T23:59:59Z");
         assert_eq!(delay_stamp_by(&[forged.clone(), ok], &room), Some(1_031_699_305_000));
