@@ -92,6 +92,22 @@ pub fn execute(users: &Users, cmd: AdminCmd) -> Result<String, String> {
     }
 }
 
+/// Carries out `cmd` straight on the database, when no daemon holds it; a deleted user's room
+/// memberships go too (a running daemon leaves the rooms themselves: see `Revoke`).
+pub fn execute_offline(db: &sled::Db, cmd: AdminCmd) -> Result<String, String> {
+    let users = Users::open(db).map_err(|e| e.to_string())?;
+    let deleted = match &cmd {
+        AdminCmd::Del { user } => UserName::parse(user).ok(),
+        _ => None,
+    };
+    let text = execute(&users, cmd)?;
+    if let Some(user) = deleted {
+        let rooms = db.open_tree("rooms").map(crate::store::Rooms::new).map_err(|e| e.to_string())?;
+        rooms.remove_user(&user).map_err(|e| e.to_string())?;
+    }
+    Ok(text)
+}
+
 /// What to run when an account's sessions must end (deleted, or password changed).
 pub type Revoke = std::sync::Arc<dyn Fn(&UserName) + Send + Sync>;
 
@@ -154,6 +170,24 @@ pub fn send(path: &Path, cmd: &AdminCmd) -> Option<Result<String, String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deleting_a_user_offline_forgets_its_rooms() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let rooms = crate::store::Rooms::new(db.open_tree("rooms").unwrap());
+        let (alice, bob) = (UserName::parse("alice").unwrap(), UserName::parse("bob").unwrap());
+        let record = crate::store::rooms::RoomRecord { nick: "A".into(), ..Default::default() };
+        rooms.put(&alice, "lounge@muc.x", &record).unwrap();
+        rooms.put(&bob, "lounge@muc.x", &record).unwrap();
+        let users = Users::open(&db).unwrap();
+        users.add(&alice, "$argon2id$stub".into()).unwrap();
+        let del = |u: &str| execute_offline(&db, AdminCmd::Del { user: u.into() });
+        assert_eq!(del("alice"), Ok("deleted alice".into()));
+        assert_eq!(rooms.get(&alice, "lounge@muc.x").unwrap(), None);
+        // A refused delete changes nothing.
+        assert_eq!(del("bob"), Err("no user bob".into()));
+        assert!(rooms.get(&bob, "lounge@muc.x").unwrap().is_some());
+    }
 
     #[test]
     fn lines_round_trip_with_awkward_passwords() {

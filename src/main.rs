@@ -179,8 +179,7 @@ fn user(config: &Config, cmd: UserCmd) -> anyhow::Result<()> {
         None => {
             // No daemon: work on the store directly (it is ours alone while nothing serves it).
             let db = tern::store::open_db(&config.data_dir)?;
-            let users = tern::store::Users::open(&db)?;
-            admin::execute(&users, cmd)
+            admin::execute_offline(&db, cmd)
         }
     };
     match result {

@@ -106,9 +106,13 @@ pub async fn start(config: Config) -> anyhow::Result<Bound> {
     let admin_path = crate::admin::socket_path(&config.data_dir);
     let users = store.users.clone();
     let registry = shared.registry.clone();
+    let hub = Arc::downgrade(&shared.hub);
     let revoke: crate::admin::Revoke = Arc::new(move |user| {
         let n = registry.kick_user(user);
         tracing::info!(user = %user, sessions = n, "account changed; its sessions were closed");
+        if let Some(hub) = hub.upgrade() {
+            hub.account_changed(user);
+        }
     });
     tokio::spawn(async move {
         if let Err(e) = crate::admin::serve(admin_path, users, revoke).await {

@@ -30,10 +30,19 @@ use crate::store::rooms::RoomRecord;
 /// Own groupchat messages remembered until the room reflects them, per room: enough for a
 /// burst of sends from a phone coming back online.
 const MAX_UNREFLECTED: usize = 64;
-/// How far before the last message stored a rejoin asks for history.
-const HISTORY_OVERLAP_MS: u64 = 5_000;
-/// How many ids of the newest messages are kept per room to recognise repeated history.
-pub(super) const RECENT_IDS: usize = 32;
+/// How far before the last message stored a rejoin asks for history: the room stamps with its
+/// own clock, which may be behind tern's by this much before messages are missed. What comes
+/// twice is recognised (`RoomRecord::remember`).
+const HISTORY_OVERLAP_MS: u64 = 120_000;
+/// Rooms one user may be in: each costs a membership tern keeps, pings and rejoins.
+pub(super) const MAX_ROOMS: usize = 64;
+/// Join requests of a user's devices that may wait for one room's answer.
+const MAX_WAITING: usize = 16;
+/// Occupants tracked per room; beyond it, occupant changes are neither kept nor stored.
+pub(super) const MAX_OCCUPANTS: usize = 1000;
+/// How long a message waits for the room to have us again before its sender is told it
+/// failed: the default s2s send timeout, after which a 1:1 message fails too.
+pub(super) const HELD_FOR_MS: u64 = 60_000;
 /// How often every room is checked (self-ping, or a join that got no answer is sent again).
 /// XEP-0410 implementations ping after 5 to 15 minutes of silence.
 pub(super) const CHECK_EVERY: Duration = Duration::from_secs(300);
@@ -59,11 +68,13 @@ pub(super) struct RoomState {
     pub(super) waiting: Vec<String>,
     /// The occupants, ours included, by nick.
     pub(super) occupants: HashMap<String, v1::Occupant>,
-    pub(super) subject: Option<String>,
+    /// The occupants the user was told of before a rejoin, until the room has us again: only
+    /// differences from them are stored, and whoever is not seen again has left meanwhile.
+    pub(super) previous: HashMap<String, v1::Occupant>,
     /// Groupchat messages sent and not yet reflected.
     pub(super) unreflected: VecDeque<Sent>,
     /// Messages to send once the room has us again.
-    pub(super) held: Vec<Element>,
+    pub(super) held: Vec<Sent>,
     /// The id of the self-ping in flight.
     pub(super) ping: Option<String>,
     /// When the last self-ping went out, ms.
@@ -71,21 +82,30 @@ pub(super) struct RoomState {
 }
 
 /// A groupchat message on its way: the room's reflection or error answer names it by id.
+#[derive(Clone)]
 pub(super) struct Sent {
     pub(super) id: String,
     pub(super) device: DeviceId,
     pub(super) stanza: Element,
+    /// When the phone sent it, ms.
+    pub(super) at: u64,
 }
 
 impl RoomState {
-    fn new(record: RoomRecord, waiting: Vec<String>) -> RoomState {
+    pub(super) fn new(record: RoomRecord, waiting: Vec<String>) -> RoomState {
+        // After a restart only the nicks are known: enough to tell who is new and who left.
+        let previous = record
+            .occupants
+            .iter()
+            .map(|nick| (nick.clone(), v1::Occupant { nick: nick.clone(), ..Default::default() }));
+        let previous = previous.collect();
         RoomState {
             record,
             joined: false,
             joining_since: None,
             waiting,
             occupants: HashMap::new(),
-            subject: None,
+            previous,
             unreflected: VecDeque::new(),
             held: Vec::new(),
             ping: None,
@@ -97,15 +117,55 @@ impl RoomState {
 impl RoomState {
     /// Keeps `stanza` to send once the room has us again; once only, and bounded like
     /// `unreflected`, so a room that never comes back cannot grow it.
-    pub(super) fn hold(&mut self, stanza: Element) {
-        if self.held.iter().any(|h| h.attr("id") == stanza.attr("id")) {
+    pub(super) fn hold(&mut self, sent: Sent) {
+        if self.held.iter().any(|h| h.id == sent.id) {
             return;
         }
         if self.held.len() == MAX_UNREFLECTED {
             self.held.remove(0);
         }
-        self.held.push(stanza);
+        self.held.push(sent);
     }
+
+    /// Takes the held messages older than [`HELD_FOR_MS`] at `now`: too late to send.
+    pub(super) fn expire_held(&mut self, now: u64) -> Vec<Sent> {
+        let (late, keep) =
+            std::mem::take(&mut self.held).into_iter().partition(|h| h.at + HELD_FOR_MS <= now);
+        self.held = keep;
+        late
+    }
+
+    /// Notes a join request of a phone, once per id and bounded: the oldest is dropped (its
+    /// phone times out and asks again).
+    pub(super) fn wait(&mut self, id: &str) {
+        if self.waiting.iter().any(|w| w == id) {
+            return;
+        }
+        if self.waiting.len() == MAX_WAITING {
+            self.waiting.remove(0);
+        }
+        self.waiting.push(id.to_owned());
+    }
+
+    /// Notes in the record who the user now knows is there (see `RoomRecord::occupants`).
+    pub(super) fn note_occupants(&mut self) {
+        let nicks = self.occupants.keys().chain(self.previous.keys());
+        self.record.occupants = nicks.cloned().collect();
+    }
+
+    /// Forgets the occupants for a rejoin, keeping what the user was told so that the rejoin's
+    /// presences store only what changed.
+    pub(super) fn forget_occupants(&mut self) {
+        let current = std::mem::take(&mut self.occupants);
+        self.previous.extend(current);
+    }
+}
+
+/// Error envelopes for groupchat messages that never reached the room: each phone knows its
+/// message by the id it published it with.
+pub(super) fn unsent(user: &UserName, sent: Vec<Sent>, text: &str) -> Vec<Delivery> {
+    let error = v1::Error { code: Code::ServiceUnavailable as i32, text: text.to_owned() };
+    sent.into_iter().map(|s| inbox_entry(user, None, s.id, down::Body::Error(error.clone()))).collect()
 }
 
 impl Rooms {
@@ -183,7 +243,7 @@ impl Hub {
             let mine = rooms.entry(from.user.clone()).or_default();
             if let Some(state) = mine.get_mut(&key) {
                 if !state.joined {
-                    state.waiting.push(id.to_owned());
+                    state.wait(id);
                     let idle = state.joining_since.is_none();
                     drop(rooms);
                     if idle {
@@ -199,7 +259,7 @@ impl Hub {
                         .filter(|o| o.nick != state.record.nick)
                         .map(|o| down::Body::Occupant(o.clone())),
                 );
-                if let Some(subject) = &state.subject {
+                if let Some(subject) = state.record.subject.as_ref().filter(|s| !s.is_empty()) {
                     let subject =
                         v1::RoomSubject { room: key.clone(), subject: subject.clone(), ..Default::default() };
                     answer.push(down::Body::Subject(subject));
@@ -211,14 +271,15 @@ impl Hub {
                 }
                 return Ok(Some(v1::Down { id: id.to_owned(), body: own, ..Default::default() }));
             }
-            let mut state = RoomState::new(record.clone(), vec![id.to_owned()]);
+            if mine.len() >= MAX_ROOMS {
+                return Err(refusal(Code::LimitReached, "in too many rooms: leave one first"));
+            }
+            // Stored under the lock: a leave racing with this join cannot be undone by it.
+            self.store.rooms.put(&from.user, &key, &record).map_err(internal)?;
+            let mut state = RoomState::new(record, vec![id.to_owned()]);
             // In flight from now: another device joining meanwhile only waits for the answer.
             state.joining_since = Some(now_ms());
             mine.insert(key.clone(), state);
-        }
-        if let Err(e) = self.store.rooms.put(&from.user, &key, &record) {
-            self.forget_room(&from.user, &key);
-            return Err(internal(e));
         }
         self.store.committer.durable().await.map_err(internal)?;
         let history = if history == 0 { History::Default } else { History::MaxStanzas(history) };
@@ -244,6 +305,15 @@ impl Hub {
         self.to_room(key, Stanza::Presence(presence).to_element(NS_SERVER));
     }
 
+    /// Sends the presence that leaves `key` as the occupant `record` names.
+    pub(super) fn send_leave(&self, user: &UserName, key: &str, record: &RoomRecord, status: Option<&str>) {
+        let room_nick = Jid::parse(key).and_then(|room| room.with_resource(&record.nick));
+        if let (Ok(occupant), Ok(room_nick)) = (self.occupant_jid(user, &record.device), room_nick) {
+            let presence = muc::leave_presence(&occupant, &room_nick, status);
+            self.to_room(key, Stanza::Presence(presence).to_element(NS_SERVER));
+        }
+    }
+
     /// Joins again a room that forgot us (or never answered), asking for what was missed.
     pub(super) fn rejoin(&self, user: &UserName, key: &str) {
         let last_ts = {
@@ -252,7 +322,7 @@ impl Hub {
             state.joined = false;
             state.ping = None;
             // The room sends everyone again on join; whoever left meanwhile must not linger.
-            state.occupants.clear();
+            state.forget_occupants();
             state.record.last_ts
         };
         // A little earlier than the last message stored: rooms stamp history in whole seconds
@@ -324,11 +394,7 @@ impl Hub {
             return Ok(());
         };
         let record = state.record;
-        let occupant = self.occupant_jid(&from.user, &record.device);
-        if let (Ok(occupant), Ok(room_nick)) = (occupant, room.with_resource(&record.nick)) {
-            let presence = muc::leave_presence(&occupant, &room_nick, Some(status));
-            self.to_room(&key, Stanza::Presence(presence).to_element(NS_SERVER));
-        }
+        self.send_leave(&from.user, &key, &record, Some(status));
         let own = v1::Occupant {
             room: key,
             nick: record.nick,
@@ -343,13 +409,22 @@ impl Hub {
         self.store_durably(None, vec![entry]).await.map_err(internal)
     }
 
-    /// Removes a membership from memory and from the store.
+    /// Removes a membership from memory and from the store; the phones whose messages were
+    /// still waiting for the room to have us learn that they failed.
     pub(super) fn forget_room(&self, user: &UserName, room: &str) -> Option<RoomState> {
-        let state = self.rooms.lock().get_mut(user).and_then(|r| r.remove(room));
-        if let Err(e) = self.store.rooms.remove(user, room) {
-            tracing::error!(error = %e, user = %user, room, "forgetting a room failed");
+        let mut state = {
+            let mut rooms = self.rooms.lock();
+            // Under the lock, like every put: a racing update cannot bring the room back.
+            if let Err(e) = self.store.rooms.remove(user, room) {
+                tracing::error!(error = %e, user = %user, room, "forgetting a room failed");
+            }
+            rooms.get_mut(user).and_then(|r| r.remove(room))
+        }?;
+        let held = std::mem::take(&mut state.held);
+        if !held.is_empty() {
+            self.store_soon(unsent(user, held, "left the room before it could be sent"));
         }
-        state
+        Some(state)
     }
 
     /// `Up{chat}` of type groupchat to `room`: sent as the user's occupant. The room reflects
@@ -391,11 +466,12 @@ impl Hub {
                 state.unreflected.pop_front();
             }
             let id = msg_id.as_str().to_owned();
-            state.unreflected.push_back(Sent { id, device: from.device.clone(), stanza: stanza.clone() });
+            let sent = Sent { id, device: from.device.clone(), stanza: stanza.clone(), at: now_ms() };
+            state.unreflected.push_back(sent.clone());
             if state.joined {
                 (true, false)
             } else {
-                state.hold(stanza.clone());
+                state.hold(sent);
                 (false, state.joining_since.is_none())
             }
         };
@@ -416,6 +492,11 @@ impl Hub {
         match self.store.rooms.all() {
             Ok(all) => {
                 for (user, key, record) in all {
+                    if !self.user_exists(&user) {
+                        // Deleted while no daemon ran: nothing to rejoin for.
+                        self.forget_room(&user, &key);
+                        continue;
+                    }
                     let mut rooms = self.rooms.lock();
                     rooms
                         .entry(user.clone())
@@ -445,14 +526,19 @@ impl Hub {
     /// Makes sure the room still has `user`: a self-ping (XEP-0410) where it should, a new join
     /// where the last one got no answer in [`CHECK_EVERY`] or the room went away.
     pub(super) fn check_rooms(&self, user: &UserName) {
+        if !self.user_exists(user) {
+            return self.leave_all_rooms(user);
+        }
         let now = now_ms();
         let stale = now.saturating_sub(CHECK_EVERY.as_millis() as u64);
         let mut pings = Vec::new();
         let mut rejoins = Vec::new();
+        let mut late = Vec::new();
         {
             let mut rooms = self.rooms.lock();
             let Some(mine) = rooms.get_mut(user) else { return };
             for (key, state) in mine.iter_mut() {
+                late.extend(state.expire_held(now));
                 if state.joined && state.pinged_at + RECHECK_AFTER_MS > now {
                     continue;
                 }
@@ -476,5 +562,35 @@ impl Hub {
         for key in rejoins {
             self.rejoin(user, &key);
         }
+        if !late.is_empty() {
+            self.store_soon(unsent(user, late, "the room did not have us back in time"));
+        }
+    }
+
+    /// Whether `user` still has an account; a store failure counts as yes (nothing is left
+    /// on a guess).
+    pub(super) fn user_exists(&self, user: &UserName) -> bool {
+        self.store.users.exists(user).unwrap_or(true)
+    }
+
+    /// After an account changed (deleted, or its password changed): a deleted user's rooms
+    /// are left at once rather than at the next check.
+    pub fn account_changed(&self, user: &UserName) {
+        if !self.user_exists(user) {
+            self.leave_all_rooms(user);
+        }
+    }
+
+    /// Leaves and forgets every room of a user whose account is gone: nothing is stored for
+    /// it any more, and a later account of the same name starts in no room.
+    pub(crate) fn leave_all_rooms(&self, user: &UserName) {
+        let mine = self.rooms.lock().remove(user).unwrap_or_default();
+        if let Err(e) = self.store.rooms.remove_user(user) {
+            tracing::error!(error = %e, user = %user, "forgetting a deleted user's rooms failed");
+        }
+        for (key, state) in mine {
+            self.send_leave(user, &key, &state.record, None);
+        }
+        tracing::info!(user = %user, "the account is gone; its rooms were left");
     }
 }

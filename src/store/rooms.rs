@@ -23,10 +23,39 @@ pub struct RoomRecord {
     /// The room password, needed again to rejoin.
     #[prost(string, tag = "4")]
     pub password: String,
-    /// Ids of the newest groupchat messages stored, oldest first: history a rejoin brings
-    /// again is recognised by them.
+    /// Keys (`muc::history_key`) of the newest groupchat messages stored, oldest first:
+    /// history a rejoin brings again is recognised by them. At most [`RECENT_IDS`].
     #[prost(string, repeated, tag = "5")]
     pub recent: Vec<String>,
+    /// The room's subject as last stored for the user: rooms repeat it on every join, and
+    /// only a change is worth an inbox entry, across restarts too.
+    #[prost(string, optional, tag = "6")]
+    pub subject: Option<String>,
+    /// Nicks of the occupants the user was told of: a rejoin after a restart stores only who
+    /// came or went meanwhile, not everyone again.
+    #[prost(string, repeated, tag = "7")]
+    pub occupants: Vec<String>,
+    // next id: 8
+}
+
+/// How many keys of the newest messages are kept per room to recognise repeated history: a
+/// rejoin asks for a couple of minutes more than was missed, which a busy room fills quickly.
+pub const RECENT_IDS: usize = 256;
+
+impl RoomRecord {
+    /// Notes a groupchat message stamped `ts` (already no later than now) under `key`; `false`
+    /// when that key is stored already (history repeated by a rejoin).
+    pub fn remember(&mut self, key: &str, ts: u64) -> bool {
+        if self.recent.iter().any(|k| k == key) {
+            return false;
+        }
+        if self.recent.len() >= RECENT_IDS {
+            self.recent.drain(..=self.recent.len() - RECENT_IDS);
+        }
+        self.recent.push(key.to_owned());
+        self.last_ts = self.last_ts.max(ts);
+        true
+    }
 }
 
 /// Joined rooms over their own tree.
@@ -60,6 +89,18 @@ impl Rooms {
     pub fn remove(&self, user: &UserName, room: &str) -> Result<(), StoreError> {
         self.tree.remove(key(user, room))?;
         Ok(())
+    }
+
+    /// Forgets every membership of `user` (the account was deleted); the rooms it was in.
+    pub fn remove_user(&self, user: &UserName) -> Result<Vec<String>, StoreError> {
+        let prefix = key(user, "");
+        let mut rooms = Vec::new();
+        for k in self.tree.scan_prefix(&prefix).keys() {
+            let k = k?;
+            rooms.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+            self.tree.remove(k)?;
+        }
+        Ok(rooms)
     }
 
     /// Every (user, room, record): the rooms to rejoin at start. Records whose key does not
@@ -109,6 +150,7 @@ mod tests {
             let mut moved = record("Alice");
             moved.last_ts = 42;
             moved.recent = vec!["m1".into(), "m2".into()];
+            moved.subject = Some(String::new());
             rooms.put(&alice, "lounge@muc.x", &moved).unwrap();
             rooms.remove(&alice, "dev@muc.x").unwrap();
             db.flush().unwrap();
@@ -117,6 +159,9 @@ mod tests {
         let rooms = Rooms::new(db.open_tree("rooms").unwrap());
         let lounge = rooms.get(&alice, "lounge@muc.x").unwrap().unwrap();
         assert_eq!((lounge.last_ts, lounge.recent.as_slice()), (42, &["m1".to_owned(), "m2".to_owned()][..]));
+        // "No subject set" is kept apart from "never seen one".
+        assert_eq!(lounge.subject.as_deref(), Some(""));
+        assert_eq!(rooms.get(&al, "lounge@muc.x").unwrap().unwrap().subject, None);
         assert_eq!(rooms.get(&alice, "dev@muc.x").unwrap(), None);
         let mut all: Vec<_> =
             rooms.all().unwrap().into_iter().map(|(u, r, rec)| (u.to_string(), r, rec.nick)).collect();
@@ -128,6 +173,36 @@ mod tests {
                 ("alice".into(), "lounge@muc.x".into(), "Alice".into())
             ]
         );
+    }
+
+    #[test]
+    fn remembers_a_bounded_number_of_keys_and_the_newest_stamp() {
+        let mut r = record("A");
+        assert!(r.remember("s:1", 10));
+        assert!(!r.remember("s:1", 20), "a repeat is recognised");
+        assert_eq!(r.last_ts, 10);
+        assert!(r.remember("s:2", 5));
+        assert_eq!(r.last_ts, 10, "older history does not move it back");
+        // An over-long list (an older version kept fewer; a bug kept more) shrinks to the bound.
+        r.recent = (0..RECENT_IDS + 5).map(|i| format!("k{i}")).collect();
+        assert!(r.remember("new", 11));
+        assert_eq!(r.recent.len(), RECENT_IDS);
+        assert_eq!((r.recent[0].as_str(), r.recent.last().map(String::as_str)), ("k6", Some("new")));
+    }
+
+    #[test]
+    fn a_deleted_users_rooms_all_go() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let rooms = Rooms::new(db.open_tree("rooms").unwrap());
+        let (alice, al) = (UserName::parse("alice").unwrap(), UserName::parse("al").unwrap());
+        rooms.put(&alice, "a@muc.x", &record("A")).unwrap();
+        rooms.put(&alice, "b@muc.x", &record("A")).unwrap();
+        rooms.put(&al, "a@muc.x", &record("Al")).unwrap();
+        let mut gone = rooms.remove_user(&alice).unwrap();
+        gone.sort();
+        assert_eq!(gone, ["a@muc.x", "b@muc.x"]);
+        let left: Vec<_> = rooms.all().unwrap().into_iter().map(|(u, r, _)| (u.to_string(), r)).collect();
+        assert_eq!(left, [("al".to_owned(), "a@muc.x".to_owned())]);
     }
 
     #[test]

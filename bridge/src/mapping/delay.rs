@@ -3,6 +3,7 @@
 //! Only UTC date-times are written; reading accepts any offset and fractional seconds, as
 //! XEP-0082 §3.2 allows, and converts to milliseconds since the Unix epoch.
 
+use crate::jid::Jid;
 use crate::stream::Element;
 
 /// Delayed delivery (XEP-0203).
@@ -15,6 +16,17 @@ pub fn delay_stamp(payloads: &[Element]) -> Result<Option<u64>, String> {
     let Some(delay) = payloads.iter().find(|p| p.is("delay", NS_DELAY)) else { return Ok(None) };
     let stamp = delay.attr("stamp").unwrap_or_default();
     parse_datetime(stamp).map(Some).ok_or_else(|| stamp.to_owned())
+}
+
+/// The stamp of the first delay element that `by` added (its `from`, XEP-0203 §3), in ms since
+/// the epoch: a group chat room's history is stamped by the room's bare JID (XEP-0045 §7.2.15),
+/// and a stamp anyone else added (an occupant, a client) says nothing about when the room had
+/// it. `None` when there is none, or when its stamp does not parse.
+pub fn delay_stamp_by(payloads: &[Element], by: &Jid) -> Option<u64> {
+    let is_by =
+        |from: &str| Jid::parse(from).is_ok_and(|j| j.resource().is_none() && j.bare_str() == by.bare_str());
+    let delay = payloads.iter().find(|p| p.is("delay", NS_DELAY) && p.attr("from").is_some_and(is_by))?;
+    parse_datetime(delay.attr("stamp").unwrap_or_default())
 }
 
 /// Parses an XEP-0082 DateTime (`CCYY-MM-DDThh:mm:ss[.sss]TZD`) into ms since the epoch.
@@ -178,5 +190,26 @@ mod tests {
         assert_eq!(delay_stamp(&[Element::new("x", "jabber:x:delay")]), Ok(None));
         let bad = Element::new("delay", NS_DELAY).with_attr("stamp", "yesterday");
         assert_eq!(delay_stamp(&[bad]), Err("yesterday".into()));
+    }
+
+    #[test]
+    fn trusts_only_the_named_stamper() {
+        let room = Jid::parse("lounge@muc.x").unwrap();
+        let delay = |from: Option<&str>, stamp: &str| {
+            let d = Element::new("delay", NS_DELAY).with_attr("stamp", stamp);
+            match from {
+                Some(f) => d.with_attr("from", f),
+                None => d,
+            }
+        };
+        let ok = delay(Some("lounge@muc.x"), "2002-09-10T23:08:25Z");
+        assert_eq!(delay_stamp_by(std::slice::from_ref(&ok), &room), Some(1_031_699_305_000));
+        // An occupant's or client's stamp comes first; the room's still counts.
+        let forged = delay(Some("lounge@muc.x/mallory"), "9999-12-31T23:59:59Z");
+        assert_eq!(delay_stamp_by(&[forged.clone(), ok], &room), Some(1_031_699_305_000));
+        assert_eq!(delay_stamp_by(&[forged], &room), None);
+        assert_eq!(delay_stamp_by(&[delay(None, "2002-09-10T23:08:25Z")], &room), None);
+        assert_eq!(delay_stamp_by(&[delay(Some("other@muc.x"), "2002-09-10T23:08:25Z")], &room), None);
+        assert_eq!(delay_stamp_by(&[delay(Some("lounge@muc.x"), "soon")], &room), None);
     }
 }

@@ -7,7 +7,7 @@
 
 use tern_schemas::v1::{self, error::Code, occupant, presence};
 
-use super::delay::{delay_stamp, format_datetime};
+use super::delay::{delay_stamp_by, format_datetime};
 use super::inbound::show_of;
 use super::NS_PING;
 use crate::jid::Jid;
@@ -23,10 +23,19 @@ pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 
 /// Status code: this presence is about the recipient's own occupant (XEP-0045 §7.2.3).
 pub const STATUS_SELF: u32 = 110;
+/// Status code: the room was just created by this join (XEP-0045 §10.1.1).
+pub const STATUS_CREATED: u32 = 201;
+/// Status code: the room assigned or changed our nick on join (§7.2.10).
+pub const STATUS_NICK_ASSIGNED: u32 = 210;
 /// Status code: the occupant changed its nick; the item carries the new one (§7.6).
 pub const STATUS_NICK_CHANGE: u32 = 303;
 /// Status code: the room service is shutting down (§10.10); the room may come back.
 pub const STATUS_SHUTDOWN: u32 = 332;
+/// Status code: removed because a stanza to us bounced (§9.3, "technical reasons"): a passing
+/// outage, so the room is worth joining again.
+pub const STATUS_DELIVERY_ERROR: u32 = 333;
+/// Unique and stable stanza ids (XEP-0359).
+pub const NS_SID: &str = "urn:xmpp:sid:0";
 
 /// What a room's answer to a self-ping says about our membership (XEP-0410 §3.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,9 +77,6 @@ pub enum MucError {
     /// A status code that is not a three-digit number.
     #[error("bad status code {0:?}")]
     BadStatusCode(String),
-    /// A delay stamp that is not an XEP-0082 date-time.
-    #[error("bad delay stamp {0:?}")]
-    BadStamp(String),
 }
 
 /// What a stanza from a room means to the phone.
@@ -78,7 +84,8 @@ pub enum MucError {
 pub enum RoomEvent {
     /// An occupant joined, changed or left.
     Occupant(v1::Occupant),
-    /// A groupchat message. `ts` is the XEP-0203 stamp of history, 0 for a live message.
+    /// A groupchat message. `ts` is the room's XEP-0203 stamp of history, 0 for a live message
+    /// (or one whose stamp is not the room's, or does not parse).
     Message(v1::Chat),
     /// The subject, set now (`ts` 0) or delayed.
     Subject(v1::RoomSubject),
@@ -186,7 +193,8 @@ pub fn room_event(stanza: &Stanza) -> Result<Option<RoomEvent>, MucError> {
 
 fn message_event(m: &Message) -> Result<Option<RoomEvent>, MucError> {
     let Some(from) = &m.from else { return Ok(None) };
-    let ts = delay_stamp(&m.payloads).map_err(MucError::BadStamp)?.unwrap_or(0);
+    // Only the room's own stamp counts; anything else is treated as live rather than dropped.
+    let ts = delay_stamp_by(&m.payloads, from).unwrap_or(0);
     let nick = from.resource().unwrap_or_default().to_owned();
     if let Some(body) = &m.body {
         return Ok(Some(RoomEvent::Message(v1::Chat {
@@ -271,6 +279,31 @@ fn error_event(e: &StanzaError) -> RoomEvent {
         _ => Code::ServiceUnavailable,
     };
     RoomEvent::Error { code, text: e.summary(), error: e.clone() }
+}
+
+/// What recognises a groupchat message that a rejoin's history brings again: the room's
+/// XEP-0359 stanza id when it gives one, else the sender and message id, else a hash of
+/// sender, stamp and body (which only matches a repeat of the same history entry).
+pub fn history_key(m: &Message, chat: &v1::Chat) -> String {
+    let room = m.from.as_ref().map(Jid::bare_str).unwrap_or_default();
+    let by_room =
+        m.payloads.iter().find(|p| p.is("stanza-id", NS_SID) && p.attr("by") == Some(room.as_str()));
+    if let Some(id) = by_room.and_then(|p| p.attr("id")).filter(|id| !id.is_empty()) {
+        return format!("s:{id}");
+    }
+    // Senders choose their ids: qualified by the sender, another's cannot hide a message.
+    if let Some(id) = m.id.as_deref().filter(|id| !id.is_empty()) {
+        return format!("i:{}:{id}", chat.peer);
+    }
+    // FNV-1a: stable across builds, unlike the std hasher, since the keys are stored.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let ts = chat.ts.to_string();
+    for part in [chat.peer.as_bytes(), ts.as_bytes(), chat.body.as_bytes()] {
+        for b in part.iter().chain(&[0u8]) {
+            hash = (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("h:{hash:016x}")
 }
 
 /// Whether an occupant presence says the occupant is gone.

@@ -9,6 +9,7 @@ lands in the user's inbox.
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from ternclient import Phone
 from xmpp.test_component import COMP_WAIT, _stop, _wait_log, comp_phones, component  # noqa: F401 (fixtures)
 from xmpp.test_federation import FED_WAIT, S2S_ADDR, TERN_DOMAIN, XMPP_USERS, _start_tern
+from xmpp.ternproc import tern_binary
 
 ROOM = "lounge@muc.xmpp.test"
 
@@ -206,8 +208,10 @@ def test_a_room_on_an_unreachable_server_is_not_joined(muc, phones, pb):
 def test_tern_restart_rejoins_the_room(muc, phones, xmpp_client, pb):
     tern, prosody, restart = muc
     bob = _bob_in_room(xmpp_client, prosody)
+    bob.set_subject(ROOM, "Plans for Friday")
     alice = phones("alice", "phone1")
     _join(alice, pb)
+    alice.wait_subject(ROOM, "Plans for Friday", FED_WAIT)
     bob.send_groupchat(ROOM, "before the restart")
     alice.wait_chat("before the restart", FED_WAIT)
     alice.close()
@@ -221,6 +225,7 @@ def test_tern_restart_rejoins_the_room(muc, phones, xmpp_client, pb):
     )
     bob.send_groupchat(ROOM, "after the restart")
     time.sleep(1)
+    before = alice.downs()
     alice = phones("alice", "phone1", server=tern2)
     # The rejoin asked for the history since the last message tern had stored.
     missed = alice.wait_chat("while tern was down", FED_WAIT)
@@ -236,6 +241,14 @@ def test_tern_restart_rejoins_the_room(muc, phones, xmpp_client, pb):
     for d in alice.chats():
         stored.setdefault(d.chat.body, set()).add(d.seq)
     assert all(len(seqs) == 1 for seqs in stored.values()), [(d.seq, d.chat.body, d.chat.ts) for d in alice.chats()]
+    # The rejoin met bob and the subject again: neither is news, so each is stored once.
+    downs = before + alice.downs()
+    bob_joins = {d.seq for d in downs if d.WhichOneof("body") == "occupant" and d.occupant.nick == "bob"}
+    subjects = {d.seq for d in downs if d.WhichOneof("body") == "subject"}
+    assert len(bob_joins) == 1 and len(subjects) == 1, [str(d) for d in downs if d.WhichOneof("body") != "chat"]
+    # Nor is our own occupant: one entry, the answer to the join.
+    own = {d.seq for d in downs if d.WhichOneof("body") == "occupant" and d.occupant.is_self}
+    assert len(own) == 1, own
 
 
 def _alice_seen_in_room(bob):
@@ -248,11 +261,7 @@ def _alice_seen_in_room(bob):
 
 def _room_server_killed(prosody, bob, xmpp_client):
     """SIGKILL Prosody (our own child, by PID), start it again; bob makes the room anew."""
-    prosody.proc.kill()
-    prosody.proc.wait(timeout=5)
-    bob.abort()
-    prosody.proc = None
-    prosody.start()
+    _kill_room_server(prosody, bob)
     return _bob_in_room(xmpp_client, prosody)
 
 
@@ -279,6 +288,76 @@ def test_room_server_restart_tern_joins_again(muc, phones, xmpp_client, pb):
     bob.send_groupchat(ROOM, "welcome back")
     alice.wait_chat("welcome back", FED_WAIT)
     assert not [d for d in alice.downs() if d.WhichOneof("body") == "error"]
+
+
+def _kill_room_server(prosody, bob):
+    prosody.proc.kill()
+    prosody.proc.wait(timeout=5)
+    bob.abort()
+    prosody.proc = None
+    prosody.start()
+
+
+def test_a_room_that_vanished_is_not_created_again_by_a_rejoin(muc, phones, xmpp_client, pb):
+    """The room server dies while tern is down and nobody makes the room again: tern's
+    rejoin would create it (status 201), locked and owned by tern. tern leaves it instead,
+    forgets the membership and tells the user's devices."""
+    tern, prosody, restart = muc
+    bob = _bob_in_room(xmpp_client, prosody)
+    alice = phones("alice", "phone1")
+    _join(alice, pb)
+    alice.close()
+    tern2 = restart(lambda: _kill_room_server(prosody, bob))
+    alice = phones("alice", "phone1", server=tern2)
+    gone = alice.wait_occupant(ROOM, "Alice", FED_WAIT, left=True, me=True)
+    assert gone.id == "" and gone.occupant.status == "the room no longer exists" and 201 in gone.occupant.codes
+    mid = alice.groupchat(ROOM, "anyone?")
+    assert alice.wait_error(pb.Error.NOT_ALLOWED, FED_WAIT).id == mid
+    # The room tern briefly made is gone again (a locked room would refuse bob): bob makes it
+    # anew.
+    _bob_in_room(xmpp_client, prosody)
+
+
+def test_rooms_per_user_are_bounded(muc, phones, pb):
+    """A user is in at most 64 rooms; one more join is refused at once with LIMIT_REACHED,
+    and leaving one makes room again."""
+    alice = phones("alice", "phone1")
+    rooms = [f"r{i}@muc.xmpp.test" for i in range(64)]
+    for room in rooms:
+        alice.join_room(room, "Alice")
+    for room in rooms:
+        alice.wait_occupant(room, "Alice", FED_WAIT, me=True)
+    jid = alice.join_room("one-more@muc.xmpp.test", "Alice")
+    assert alice.wait_error(pb.Error.LIMIT_REACHED, FED_WAIT).id == jid
+    # A device's envelopes apply in order: the leave is done before the next join.
+    alice.leave_room(rooms[0])
+    jid = alice.join_room("one-more@muc.xmpp.test", "Alice")
+    assert alice.wait_occupant("one-more@muc.xmpp.test", "Alice", FED_WAIT, me=True).id == jid
+
+
+def test_deleting_a_user_leaves_its_rooms(muc, phones, xmpp_client, pb):
+    """`tern user del` on a running tern: the room sees the user leave at once, and an account
+    made again under the same name is in no room."""
+    tern, prosody, _ = muc
+    bob = _bob_in_room(xmpp_client, prosody)
+    alice = phones("alice", "phone1")
+    _join(alice, pb)
+    _alice_seen_in_room(bob)
+    cfg = str(tern.data_dir.parent / "tern.toml")
+    run = lambda *args, **kw: subprocess.run(  # noqa: E731
+        [str(tern_binary()), "--config", cfg, "user", *args], check=True, capture_output=True, timeout=30, **kw
+    )
+    run("del", "alice")
+    bob.wait_for(
+        lambda s: s.name == "presence" and s.from_ == f"{ROOM}/Alice" and s.type == "unavailable",
+        FED_WAIT,
+        "alice leaving",
+    )
+    run("add", "alice", "--password-stdin", input=b"again-1\n")
+    tern.passwords["alice"] = "again-1"
+    again = phones("alice", "phone2")
+    mid = again.groupchat(ROOM, "am I in?")
+    assert again.wait_error(pb.Error.NOT_ALLOWED, FED_WAIT).id == mid
 
 
 def test_component_mode_phone_joins_a_room_over_the_component_stream(component, comp_phones, xmpp_client, pb):
