@@ -102,8 +102,11 @@ pub fn execute_offline(db: &sled::Db, cmd: AdminCmd) -> Result<String, String> {
     };
     let text = execute(&users, cmd)?;
     if let Some(user) = deleted {
-        let rooms = db.open_tree("rooms").map(crate::store::Rooms::new).map_err(|e| e.to_string())?;
+        let journal = std::sync::Arc::new(crate::store::journal::Journal::new(db.clone()));
+        let rooms = crate::store::Rooms::open(journal).map_err(|e| e.to_string())?;
         rooms.remove_user(&user).map_err(|e| e.to_string())?;
+        // No committer runs offline: the removal becomes durable by flushing sled itself.
+        db.flush().map_err(|e| e.to_string())?;
     }
     Ok(text)
 }
@@ -112,7 +115,12 @@ pub fn execute_offline(db: &sled::Db, cmd: AdminCmd) -> Result<String, String> {
 pub type Revoke = std::sync::Arc<dyn Fn(&UserName) + Send + Sync>;
 
 /// Serves admin requests on the Unix socket until the process ends.
-pub async fn serve(path: PathBuf, users: Users, revoke: Revoke) -> std::io::Result<()> {
+pub async fn serve(
+    path: PathBuf,
+    users: Users,
+    committer: crate::store::Committer,
+    revoke: Revoke,
+) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
     #[cfg(unix)]
@@ -124,6 +132,7 @@ pub async fn serve(path: PathBuf, users: Users, revoke: Revoke) -> std::io::Resu
         let (stream, _) = listener.accept().await?;
         let users = users.clone();
         let revoke = revoke.clone();
+        let committer = committer.clone();
         tokio::spawn(async move {
             let (rd, mut wr) = stream.into_split();
             let mut line = String::new();
@@ -136,9 +145,16 @@ pub async fn serve(path: PathBuf, users: Users, revoke: Revoke) -> std::io::Resu
                         AdminCmd::Del { user } | AdminCmd::Passwd { user, .. } => UserName::parse(user).ok(),
                         _ => None,
                     };
-                    let reply = tokio::task::spawn_blocking(move || execute(&users, cmd))
+                    let mut reply = tokio::task::spawn_blocking(move || execute(&users, cmd))
                         .await
                         .unwrap_or_else(|e| Err(e.to_string()));
+                    if reply.is_ok() {
+                        // A purge goes through the journal: "ok" only once it is durable, so a
+                        // crash cannot replay the deleted user's older entries back.
+                        if let Err(e) = committer.durable().await {
+                            reply = Err(e.to_string());
+                        }
+                    }
                     if let (Ok(_), Some(user)) = (&reply, revokes) {
                         // Open sessions were authorised by what just changed: end them.
                         revoke(&user);
@@ -174,7 +190,8 @@ mod tests {
     #[test]
     fn deleting_a_user_offline_forgets_its_rooms() {
         let db = sled::Config::new().temporary(true).open().unwrap();
-        let rooms = crate::store::Rooms::new(db.open_tree("rooms").unwrap());
+        let journal = std::sync::Arc::new(crate::store::journal::Journal::new(db.clone()));
+        let rooms = crate::store::Rooms::open(journal).unwrap();
         let (alice, bob) = (UserName::parse("alice").unwrap(), UserName::parse("bob").unwrap());
         let record = crate::store::rooms::RoomRecord { nick: "A".into(), ..Default::default() };
         rooms.put(&alice, "lounge@muc.x", &record).unwrap();

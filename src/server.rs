@@ -105,6 +105,7 @@ pub async fn start(config: Config) -> anyhow::Result<Bound> {
 
     let admin_path = crate::admin::socket_path(&config.data_dir);
     let users = store.users.clone();
+    let committer = store.committer.clone();
     let registry = shared.registry.clone();
     let hub = Arc::downgrade(&shared.hub);
     let revoke: crate::admin::Revoke = Arc::new(move |user| {
@@ -115,7 +116,7 @@ pub async fn start(config: Config) -> anyhow::Result<Bound> {
         }
     });
     tokio::spawn(async move {
-        if let Err(e) = crate::admin::serve(admin_path, users, revoke).await {
+        if let Err(e) = crate::admin::serve(admin_path, users, committer, revoke).await {
             tracing::error!(error = %e, "admin socket failed");
         }
     });

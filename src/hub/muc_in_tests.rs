@@ -16,7 +16,11 @@ use crate::store::Store;
 const ROOM: &str = "lounge@muc.xmpp.test";
 
 async fn hub(dir: &std::path::Path) -> Arc<Hub> {
-    let store = Store::open(dir).unwrap();
+    let durability = crate::store::Durability::new(
+        crate::config::SyncPolicy::Always,
+        std::time::Duration::from_millis(20),
+    );
+    let store = Store::open(dir, durability).unwrap();
     let router = rumqttd::RouterConfig {
         max_connections: 4,
         max_outgoing_packet_count: 16,

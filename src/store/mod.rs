@@ -63,7 +63,7 @@ impl Store {
             users: Users::open_journaled(&db, journal.clone())?,
             committer: Committer::spawn(journal.clone(), journal_dir(dir), next, inbox.clone(), durability)?,
             inbox,
-            rooms: Rooms::new(db.open_tree("rooms")?),
+            rooms: Rooms::open(journal.clone())?,
             rosters: Rosters::new(data, journal),
             db,
         })

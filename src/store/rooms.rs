@@ -4,6 +4,9 @@
 
 use prost::Message;
 
+use std::sync::Arc;
+
+use super::journal::{Batch, Journal};
 use super::StoreError;
 use crate::ids::UserName;
 
@@ -58,10 +61,15 @@ impl RoomRecord {
     }
 }
 
-/// Joined rooms over their own tree.
+/// The tree memberships live in.
+pub const ROOMS: &str = "rooms";
+
+/// Joined rooms over their own tree. Writes go through the store's journal, so a membership
+/// the phone was told about survives a crash like its inbox does.
 #[derive(Clone)]
 pub struct Rooms {
     tree: sled::Tree,
+    journal: Arc<Journal>,
 }
 
 fn key(user: &UserName, room: &str) -> Vec<u8> {
@@ -69,15 +77,17 @@ fn key(user: &UserName, room: &str) -> Vec<u8> {
 }
 
 impl Rooms {
-    /// Wraps the `rooms` tree.
-    pub fn new(tree: sled::Tree) -> Rooms {
-        Rooms { tree }
+    /// The rooms tree of `journal`'s database, written through `journal`. Without the daemon
+    /// (offline admin) nothing writes the journal out: the caller flushes sled instead.
+    pub fn open(journal: Arc<Journal>) -> Result<Rooms, StoreError> {
+        Ok(Rooms { tree: journal.db().open_tree(ROOMS)?, journal })
     }
 
     /// Records (or replaces) `user`'s membership of `room` (a bare JID string).
     pub fn put(&self, user: &UserName, room: &str, record: &RoomRecord) -> Result<(), StoreError> {
-        self.tree.insert(key(user, room), record.encode_to_vec())?;
-        Ok(())
+        let mut batch = Batch::default();
+        batch.insert(ROOMS, key(user, room), record.encode_to_vec());
+        self.journal.commit(&batch)
     }
 
     /// `user`'s record for `room`.
@@ -87,19 +97,22 @@ impl Rooms {
 
     /// Forgets `user`'s membership of `room`.
     pub fn remove(&self, user: &UserName, room: &str) -> Result<(), StoreError> {
-        self.tree.remove(key(user, room))?;
-        Ok(())
+        let mut batch = Batch::default();
+        batch.remove(ROOMS, key(user, room));
+        self.journal.commit(&batch)
     }
 
     /// Forgets every membership of `user` (the account was deleted); the rooms it was in.
     pub fn remove_user(&self, user: &UserName) -> Result<Vec<String>, StoreError> {
         let prefix = key(user, "");
         let mut rooms = Vec::new();
+        let mut batch = Batch::default();
         for k in self.tree.scan_prefix(&prefix).keys() {
             let k = k?;
             rooms.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
-            self.tree.remove(k)?;
+            batch.remove(ROOMS, k.to_vec());
         }
+        self.journal.commit(&batch)?;
         Ok(rooms)
     }
 
@@ -142,7 +155,7 @@ mod tests {
         let (alice, al) = (UserName::parse("alice").unwrap(), UserName::parse("al").unwrap());
         {
             let db = sled::Config::new().path(dir.path()).open().unwrap();
-            let rooms = Rooms::new(db.open_tree("rooms").unwrap());
+            let rooms = Rooms::open(Arc::new(Journal::new(db.clone()))).unwrap();
             rooms.put(&alice, "lounge@muc.x", &record("Alice")).unwrap();
             rooms.put(&alice, "dev@muc.x", &record("A")).unwrap();
             // "al" is a prefix of "alice": the NUL keeps their rooms apart.
@@ -156,7 +169,7 @@ mod tests {
             db.flush().unwrap();
         }
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let rooms = Rooms::new(db.open_tree("rooms").unwrap());
+        let rooms = Rooms::open(Arc::new(Journal::new(db.clone()))).unwrap();
         let lounge = rooms.get(&alice, "lounge@muc.x").unwrap().unwrap();
         assert_eq!((lounge.last_ts, lounge.recent.as_slice()), (42, &["m1".to_owned(), "m2".to_owned()][..]));
         // "No subject set" is kept apart from "never seen one".
@@ -193,7 +206,7 @@ mod tests {
     #[test]
     fn a_deleted_users_rooms_all_go() {
         let db = sled::Config::new().temporary(true).open().unwrap();
-        let rooms = Rooms::new(db.open_tree("rooms").unwrap());
+        let rooms = Rooms::open(Arc::new(Journal::new(db.clone()))).unwrap();
         let (alice, al) = (UserName::parse("alice").unwrap(), UserName::parse("al").unwrap());
         rooms.put(&alice, "a@muc.x", &record("A")).unwrap();
         rooms.put(&alice, "b@muc.x", &record("A")).unwrap();
@@ -208,8 +221,8 @@ mod tests {
     #[test]
     fn corrupt_records_are_reported_or_skipped() {
         let db = sled::Config::new().temporary(true).open().unwrap();
-        let tree = db.open_tree("rooms").unwrap();
-        let rooms = Rooms::new(tree.clone());
+        let tree = db.open_tree(ROOMS).unwrap();
+        let rooms = Rooms::open(Arc::new(Journal::new(db.clone()))).unwrap();
         let alice = UserName::parse("alice").unwrap();
         tree.insert(key(&alice, "bad@muc.x"), &[0xff, 0xff][..]).unwrap();
         tree.insert(b"no-separator", &[][..]).unwrap();
