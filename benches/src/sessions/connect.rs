@@ -5,14 +5,11 @@
 //! token, the second presents the token (one HMAC). mosquitto: anonymous both times.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::json;
-use tokio::time::Instant;
 
-use super::{connect_phone, run_both, user_names, Figures, Phone, Progress, Row, System, Target, TargetArgs};
-use crate::raw_mqtt::Conn;
-use crate::report::new_histogram;
+use super::pass::{close_all, connect_all, How, Pass};
+use super::{run_both, user_names, Figures, Phone, Row, System, Target, TargetArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct ConnectArgs {
@@ -33,17 +30,6 @@ pub struct ConnectArgs {
     devices_per_user: usize,
 }
 
-/// One pass of connects: how many worked, how fast, and the live connections.
-struct Pass {
-    ok: u64,
-    elapsed: Duration,
-    hist: hdrhistogram::Histogram<u64>,
-    conns: Vec<Conn>,
-    tokens: Vec<Option<String>>,
-    bytes: u64,
-    cpu_ms: Option<f64>,
-}
-
 pub async fn run(a: ConnectArgs) -> anyhow::Result<()> {
     let n = a.clients.unwrap_or(if a.target.quick { 40 } else { 2000 });
     anyhow::ensure!((1..=1_000_000).contains(&n), "--clients must be 1..=1000000");
@@ -62,11 +48,13 @@ pub async fn run(a: ConnectArgs) -> anyhow::Result<()> {
         Row("p99_ms", "  latency p99, ms".into(), 2),
         Row("server_cpu_us", "  server CPU µs / connect".into(), 0),
         Row("bytes", "  bytes / connect (tern: with the token)".into(), 1),
+        Row("rss_kib", "  server RSS growth / connected phone, KiB".into(), 1),
         Row("re_connects_per_s", "reconnect: connects/s (tern: token)".into(), 1),
         Row("re_p50_ms", "  latency p50, ms".into(), 2),
         Row("re_p99_ms", "  latency p99, ms".into(), 2),
         Row("re_server_cpu_us", "  server CPU µs / connect".into(), 0),
         Row("re_bytes", "  bytes / connect".into(), 1),
+        Row("re_rss_kib", "  server RSS growth / connected phone, KiB".into(), 1),
         Row("user_setup_s", "users created in, s (not timed above)".into(), 1),
     ];
     let notes = vec![
@@ -85,14 +73,15 @@ async fn run_on(a: Arc<ConnectArgs>, t: Arc<Target>, n: usize) -> anyhow::Result
     f.set("user_setup_s", Some(t.add_users(&users, &a.target.password).await?));
     let phones: Arc<Vec<Phone>> = Arc::new((0..n).map(|i| Phone::new(t.system, t.addr, "c", i, d)).collect());
     let secrets = vec![Some(a.target.password.clone()); n];
-    let first = pass(&a, &t, &phones, secrets, "connecting", &mut f).await;
+    let how = How { rate: a.rate, concurrency: a.concurrency, keepalive_s: 60 };
+    let first = connect_all(how, &t, &phones, secrets, "connecting", &mut f).await;
     record(&mut f, "", &first);
     close_all(first.conns).await;
     let secrets = match t.system {
         System::Tern => first.tokens,
         System::Mosquitto => vec![Some(String::new()); n],
     };
-    let again = pass(&a, &t, &phones, secrets, "reconnecting", &mut f).await;
+    let again = connect_all(how, &t, &phones, secrets, "reconnecting", &mut f).await;
     record(&mut f, "re_", &again);
     close_all(again.conns).await;
     Ok(f)
@@ -107,74 +96,5 @@ fn record(f: &mut Figures, prefix: &str, p: &Pass) {
     f.set(&format!("{prefix}server_cpu_us"), p.cpu_ms.and_then(|c| per(c * 1000.0)));
     f.set(&format!("{prefix}bytes"), per(p.bytes as f64));
     f.set(&format!("{prefix}ok"), Some(p.ok as f64));
-}
-
-/// Connects every phone that has a secret; keeps the connections.
-async fn pass(
-    a: &ConnectArgs,
-    t: &Arc<Target>,
-    phones: &Arc<Vec<Phone>>,
-    secrets: Vec<Option<String>>,
-    label: &'static str,
-    f: &mut Figures,
-) -> Pass {
-    let n = phones.len();
-    let progress = Progress::start(label, n as u64);
-    let limit = if a.rate.is_some() { 10_000 } else { a.concurrency };
-    let sem = Arc::new(tokio::sync::Semaphore::new(limit));
-    let cpu0 = t.cpu_ms();
-    let t0 = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, secret) in secrets.into_iter().enumerate() {
-        let Some(secret) = secret else { continue };
-        if let Some(rate) = a.rate {
-            tokio::time::sleep_until(t0 + Duration::from_secs_f64(i as f64 / rate)).await;
-        }
-        // Invariant: the semaphore is never closed.
-        let permit = sem.clone().acquire_owned().await.expect("semaphore open");
-        let (phones, t, done) = (phones.clone(), t.clone(), progress.done.clone());
-        tasks.spawn(async move {
-            let r = connect_phone(t.system, t.addr, &phones[i], &secret, false, 60).await;
-            drop(permit);
-            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            (i, r)
-        });
-    }
-    let mut p = Pass {
-        ok: 0,
-        elapsed: Duration::ZERO,
-        hist: new_histogram(),
-        conns: Vec::with_capacity(n),
-        tokens: vec![None; n],
-        bytes: 0,
-        cpu_ms: None,
-    };
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok((i, Ok(c))) => {
-                p.ok += 1;
-                p.hist.saturating_record(c.latency.as_micros().max(1) as u64);
-                p.bytes += c.conn.bytes_in + c.conn.bytes_out;
-                p.tokens[i] = c.token;
-                p.conns.push(c.conn);
-            }
-            Ok((i, Err(e))) => f.fail(format!("{label} phone {i}: {e:#}")),
-            Err(e) => f.fail(format!("{label}: task {e}")),
-        }
-    }
-    p.elapsed = t0.elapsed();
-    p.cpu_ms = t.cpu_ms().zip(cpu0).map(|(b, a)| b - a);
-    progress.finish();
-    p
-}
-
-/// DISCONNECTs every connection, so the server forgets them before the next pass.
-async fn close_all(conns: Vec<Conn>) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for mut c in conns {
-        tasks.spawn(async move { c.disconnect().await });
-    }
-    while tasks.join_next().await.is_some() {}
-    // Let the server finish its session teardown before the next pass is timed.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    f.set(&format!("{prefix}rss_kib"), p.rss_growth_kib.and_then(per));
 }

@@ -2,6 +2,11 @@
 //! `--keepalive` seconds. Reports the server's resident memory per session (VmRSS from /proc
 //! before the first connect and once all are up) and the keepalive bytes per session per hour.
 //!
+//! On tern every phone first logs in once with its password, for its session token, and
+//! disconnects; the held sessions then log in with the token, so that the baseline is taken
+//! after the password hashing and the per-session figure is the sessions' alone (the memory
+//! the logins left behind is reported apart).
+//!
 //! The phones connect from 127.0.0.2, 127.0.0.3, … (20,000 each) so that N is not bounded by
 //! the ephemeral ports of one source address.
 
@@ -13,7 +18,8 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{connect_phone, run_both, user_names, Figures, Phone, Progress, Row, Target, TargetArgs};
+use super::pass::{close_all, connect_all, How};
+use super::{connect_phone, run_both, user_names, Figures, Phone, Progress, Row, System, Target, TargetArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct IdleArgs {
@@ -70,18 +76,21 @@ pub async fn run(a: IdleArgs) -> anyhow::Result<()> {
     let rows = vec![
         Row("sessions", "sessions held".into(), 0),
         Row("rss_kib_per_session", "server RSS per session, KiB".into(), 2),
-        Row("rss_mib_before", "  server RSS before the first connect, MiB".into(), 1),
+        Row("rss_mib_start", "  server RSS at start, before users and logins, MiB".into(), 1),
+        Row("rss_mib_before", "  server RSS before the held sessions connect, MiB".into(), 1),
         Row("rss_mib_all_up", "  server RSS with all sessions up, MiB".into(), 1),
         Row("rss_mib_end", "  server RSS at the end of the hold, MiB".into(), 1),
         Row("keepalive_bytes_per_session_hour", "keepalive bytes / session / hour (on the wire)".into(), 0),
         Row("server_cpu_ms_hold", "server CPU during the hold, ms".into(), 0),
-        Row("setup_s", "all sessions up in, s".into(), 1),
+        Row("setup_s", "all sessions up in, s (tern: token logins)".into(), 1),
+        Row("rss_kib_per_password_login", "tern: server RSS growth / password login, KiB".into(), 1),
+        Row("rss_mib_after_logins", "  server RSS after the logins, all closed, MiB".into(), 1),
         Row("loadgen_rss_kib_per_session", "load generator RSS per session, KiB".into(), 2),
     ];
     let notes = vec![
         "RSS: VmRSS of the server process from /proc; per session = (all up − before) / sessions",
         "keepalive bytes: MQTT bytes both ways (PINGREQ/PINGRESP and anything else) during the hold, no TCP/IP headers",
-        "tern: password logins (the token that follows is part of setup, not of the hold); mosquitto: anonymous",
+        "tern: each phone first logs in once with its password (Argon2) and disconnects; the held sessions log in with their token; mosquitto: anonymous",
     ];
     let a = Arc::new(a);
     let s = Arc::new(s);
@@ -90,33 +99,66 @@ pub async fn run(a: IdleArgs) -> anyhow::Result<()> {
 
 async fn run_on(a: Arc<IdleArgs>, s: Arc<Settings>, t: Arc<Target>) -> anyhow::Result<Figures> {
     let mut f = Figures::new(t.name(), &t.version);
+    f.set("rss_mib_start", t.rss_kib().map(|k| k as f64 / 1024.0));
     let users = user_names("i", s.n, a.devices_per_user);
     t.add_users(&users, &a.target.password).await?;
-    // Let the server settle after the user setup before the baseline.
+    let phones: Arc<Vec<Phone>> =
+        Arc::new((0..s.n).map(|i| Phone::new(t.system, t.addr, "i", i, a.devices_per_user)).collect());
+    // tern: every phone logs in once with its password (an Argon2 check) for its token, as a
+    // phone does once per install, and holds its session from a token login: the memory of
+    // the hashes is then not counted as the sessions'.
+    let secrets = match t.system {
+        System::Tern => {
+            let how = How { rate: None, concurrency: a.concurrency, keepalive_s: s.keepalive };
+            let rss_before = t.rss_kib();
+            let logins = connect_all(
+                how,
+                &t,
+                &phones,
+                vec![Some(a.target.password.clone()); s.n],
+                "password logins",
+                &mut f,
+            )
+            .await;
+            let per = |after: Option<u64>| {
+                after.zip(rss_before).map(|(b, a)| (b as f64 - a as f64) / logins.ok.max(1) as f64)
+            };
+            f.set("rss_kib_per_password_login", per(t.rss_kib()));
+            close_all(logins.conns).await;
+            f.set("rss_mib_after_logins", t.rss_kib().map(|k| k as f64 / 1024.0));
+            logins.tokens
+        }
+        System::Mosquitto => vec![Some(String::new()); s.n],
+    };
+    // Let the server settle before the baseline.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss0 = t.rss_kib();
     let gen0 = self_rss_kib();
     let (stage_tx, stage) = watch::channel(Stage::Connecting);
     let up = Arc::new(AtomicU64::new(0));
-    let progress = Progress::start("connecting", s.n as u64);
+    let progress = Progress::start("connecting (held)", s.n as u64);
     let sem = Arc::new(tokio::sync::Semaphore::new(a.concurrency));
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let mut curve = Vec::new();
     let mut next_sample = Instant::now();
-    for i in 0..s.n {
+    for (i, secret) in secrets.into_iter().enumerate() {
+        let Some(secret) = secret else {
+            // Its password login failed, and was counted.
+            progress.done.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
         if Instant::now() >= next_sample {
             curve.push(json!([up.load(Ordering::Relaxed), t.rss_kib()]));
             next_sample += Duration::from_secs(2);
         }
         // Invariant: the semaphore is never closed.
         let permit = sem.clone().acquire_owned().await.expect("semaphore open");
-        let phone = Phone::new(t.system, t.addr, "i", i, a.devices_per_user);
         let (t, s, stage, up, done) =
             (t.clone(), s.clone(), stage.clone(), up.clone(), progress.done.clone());
-        let password = a.target.password.clone();
+        let phones = phones.clone();
         tasks.spawn(async move {
-            let r = connect_phone(t.system, t.addr, &phone, &password, false, s.keepalive).await;
+            let r = connect_phone(t.system, t.addr, &phones[i], &secret, false, s.keepalive).await;
             drop(permit);
             done.fetch_add(1, Ordering::Relaxed);
             let c = r.map_err(|e| format!("phone {i}: {e:#}"))?;

@@ -8,6 +8,7 @@
 pub mod connect;
 pub mod fanout;
 pub mod idle;
+mod pass;
 mod report;
 pub mod resume;
 
