@@ -318,7 +318,8 @@ pub(crate) async fn connect_phone(
     tokio::time::timeout(CONNECT_LIMIT, attempt).await.context("connect took over 30 s")?
 }
 
-/// A progress line on stderr, redrawn four times a second until finished.
+/// A progress line on stderr, redrawn four times a second until finished (on a terminal; into
+/// a log, a line every 10 %).
 pub(crate) struct Progress {
     pub(crate) done: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
@@ -329,9 +330,16 @@ impl Progress {
         let done = Arc::new(AtomicU64::new(0));
         let d = done.clone();
         let t0 = Instant::now();
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let task = tokio::spawn(async move {
+            let mut shown = None;
             loop {
-                draw(label, d.load(Ordering::Relaxed), total, t0);
+                let done = d.load(Ordering::Relaxed);
+                let tenth = (done * 10).checked_div(total).unwrap_or(10);
+                if tty || shown != Some(tenth) {
+                    draw(label, done, total, t0, tty);
+                    shown = Some(tenth);
+                }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         });
@@ -340,19 +348,26 @@ impl Progress {
 
     pub(crate) fn finish(self) {
         self.task.abort();
-        eprintln!();
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprintln!();
+        }
     }
 }
 
-fn draw(label: &str, done: u64, total: u64, t0: Instant) {
+fn draw(label: &str, done: u64, total: u64, t0: Instant, tty: bool) {
     const WIDTH: u64 = 30;
     let filled = (done.min(total) * WIDTH).checked_div(total).unwrap_or(WIDTH) as usize;
-    eprint!(
-        "\r{label:<22} [{}{}] {done}/{total} {:.1} s ",
+    let line = format!(
+        "{label:<22} [{}{}] {done}/{total} {:.1} s ",
         "#".repeat(filled),
         ".".repeat(WIDTH as usize - filled),
         t0.elapsed().as_secs_f64()
     );
+    if tty {
+        eprint!("\r{line}");
+    } else {
+        eprintln!("{line}");
+    }
 }
 
 /// Raises this process's open-file limit (and so its children's) as far as the kernel allows:
