@@ -21,25 +21,31 @@ pub struct ConnectArgs {
     /// Connect attempts started per second [default: as fast as possible].
     #[arg(long)]
     rate: Option<f64>,
-    /// Connects in progress at once when flat out.
-    #[arg(long, default_value_t = 32)]
-    concurrency: usize,
+    /// Connects in progress at once [default: 32; --quick: 4].
+    #[arg(long)]
+    concurrency: Option<usize>,
     /// Devices per user (tern): phones share users this way; each device still logs in once
     /// with the password. 1 (the default) is the fair measure.
     #[arg(long, default_value_t = 1)]
     devices_per_user: usize,
 }
 
+impl ConnectArgs {
+    fn concurrency(&self) -> usize {
+        super::concurrency(self.concurrency, self.target.quick)
+    }
+}
+
 pub async fn run(a: ConnectArgs) -> anyhow::Result<()> {
     let n = a.clients.unwrap_or(if a.target.quick { 40 } else { 2000 });
     anyhow::ensure!((1..=1_000_000).contains(&n), "--clients must be 1..=1000000");
     anyhow::ensure!(
-        a.concurrency >= 1 && a.devices_per_user >= 1,
+        a.concurrency() >= 1 && a.devices_per_user >= 1,
         "--concurrency and --devices-per-user ≥ 1"
     );
     anyhow::ensure!(a.rate.is_none_or(|r| r > 0.0), "--rate must be positive");
     let settings = json!({
-        "clients": n, "rate": a.rate, "concurrency": a.concurrency,
+        "clients": n, "rate": a.rate, "concurrency": a.concurrency(),
         "devices_per_user": a.devices_per_user, "mqtt": "3.1.1", "client": "tern-bench raw_mqtt",
     });
     let rows = vec![
@@ -73,7 +79,7 @@ async fn run_on(a: Arc<ConnectArgs>, t: Arc<Target>, n: usize) -> anyhow::Result
     f.set("user_setup_s", Some(t.add_users(&users, &a.target.password).await?));
     let phones: Arc<Vec<Phone>> = Arc::new((0..n).map(|i| Phone::new(t.system, t.addr, "c", i, d)).collect());
     let secrets = vec![Some(a.target.password.clone()); n];
-    let how = How { rate: a.rate, concurrency: a.concurrency, keepalive_s: 60 };
+    let how = How { rate: a.rate, concurrency: a.concurrency(), keepalive_s: 60 };
     let first = connect_all(how, &t, &phones, secrets, "connecting", &mut f).await;
     record(&mut f, "", &first);
     close_all(first.conns).await;

@@ -34,9 +34,9 @@ pub struct IdleArgs {
     /// MQTT keepalive, seconds; each phone sends PINGREQ this often [default: 60; --quick: 1].
     #[arg(long)]
     keepalive: Option<u16>,
-    /// Connects in progress at once.
-    #[arg(long, default_value_t = 32)]
-    concurrency: usize,
+    /// Connects in progress at once [default: 32; --quick: 4].
+    #[arg(long)]
+    concurrency: Option<usize>,
     /// Devices per user (tern); 1, the default, is the fair measure.
     #[arg(long, default_value_t = 1)]
     devices_per_user: usize,
@@ -56,6 +56,12 @@ struct Settings {
     keepalive: u16,
 }
 
+impl IdleArgs {
+    fn concurrency(&self) -> usize {
+        super::concurrency(self.concurrency, self.target.quick)
+    }
+}
+
 pub async fn run(a: IdleArgs) -> anyhow::Result<()> {
     let q = a.target.quick;
     let s = Settings {
@@ -66,7 +72,7 @@ pub async fn run(a: IdleArgs) -> anyhow::Result<()> {
     anyhow::ensure!((1..=1_000_000).contains(&s.n), "--sessions must be 1..=1000000");
     anyhow::ensure!(s.keepalive >= 1, "--keepalive must be at least 1 s");
     anyhow::ensure!(
-        a.concurrency >= 1 && a.devices_per_user >= 1,
+        a.concurrency() >= 1 && a.devices_per_user >= 1,
         "--concurrency and --devices-per-user ≥ 1"
     );
     let settings = json!({
@@ -109,7 +115,7 @@ async fn run_on(a: Arc<IdleArgs>, s: Arc<Settings>, t: Arc<Target>) -> anyhow::R
     // the hashes is then not counted as the sessions'.
     let secrets = match t.system {
         System::Tern => {
-            let how = How { rate: None, concurrency: a.concurrency, keepalive_s: s.keepalive };
+            let how = How { rate: None, concurrency: a.concurrency(), keepalive_s: s.keepalive };
             let rss_before = t.rss_kib();
             let logins = connect_all(
                 how,
@@ -137,7 +143,7 @@ async fn run_on(a: Arc<IdleArgs>, s: Arc<Settings>, t: Arc<Target>) -> anyhow::R
     let (stage_tx, stage) = watch::channel(Stage::Connecting);
     let up = Arc::new(AtomicU64::new(0));
     let progress = Progress::start("connecting (held)", s.n as u64);
-    let sem = Arc::new(tokio::sync::Semaphore::new(a.concurrency));
+    let sem = Arc::new(tokio::sync::Semaphore::new(a.concurrency()));
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let mut curve = Vec::new();

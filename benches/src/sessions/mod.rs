@@ -34,6 +34,12 @@ const PER_SOURCE: usize = 20_000;
 /// Cap on any one connect (TCP + CONNECT → CONNACK, and the token after a password login).
 pub(crate) const CONNECT_LIMIT: Duration = Duration::from_secs(30);
 
+/// Connects in progress at once, unless given: tern's password logins queue behind four Argon2
+/// slots and are refused as busy after 5 s, which a loaded CI machine must not reach.
+pub(crate) fn concurrency(given: Option<usize>, quick: bool) -> usize {
+    given.unwrap_or(if quick { 4 } else { 32 })
+}
+
 /// Which system runs the workload, for the parts that differ.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum System {
