@@ -139,11 +139,30 @@ pub fn publish_packet(topic: &str, packet_id: Option<u16>, payload: &[u8]) -> Ve
     frame(if packet_id.is_some() { 0x32 } else { 0x30 }, &body)
 }
 
+/// Lets the kernel pick the source port at connect time, by the whole 4-tuple (Linux
+/// IP_BIND_ADDRESS_NO_PORT): otherwise a bind to port 0 reserves a port for any destination,
+/// and a second system on other ports of the run finds them all taken by TIME_WAIT.
+fn no_port_at_bind(socket: &TcpSocket) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a c_int option value of the size passed.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 impl Conn {
     /// Opens TCP from `bind` (any port) to `addr`; nothing is sent yet.
     pub async fn open(addr: SocketAddr, bind: Option<IpAddr>) -> anyhow::Result<Conn> {
         let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
         if let Some(ip) = bind {
+            no_port_at_bind(&socket);
             socket.bind(SocketAddr::new(ip, 0)).with_context(|| format!("binding {ip}"))?;
         }
         let stream = socket.connect(addr).await.with_context(|| format!("connecting to {addr}"))?;

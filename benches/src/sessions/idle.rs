@@ -7,7 +7,7 @@
 //! after the password hashing and the per-session figure is the sessions' alone (the memory
 //! the logins left behind is reported apart).
 //!
-//! The phones connect from 127.0.0.2, 127.0.0.3, … (20,000 each) so that N is not bounded by
+//! The phones connect from 127.0.0.2, 127.0.0.3, … (10,000 each) so that N is not bounded by
 //! the ephemeral ports of one source address.
 
 use std::sync::atomic::{AtomicU64, Ordering};
