@@ -2,8 +2,9 @@
 //!
 //! `tern-bench chat` is the 1:1 chat benchmark (see `chat.rs`); `tern-bench federation` runs the
 //! same phases from phones on tern to XMPP clients on a real Prosody, over s2s
-//! (`federation.rs`). Every load loop is bounded in message count and in time, and only ever
-//! talks to loopback addresses.
+//! (`federation.rs`). `connect`, `idle`, `resume` and `fanout` are the session scenarios
+//! (`sessions/`): many phones on raw MQTT connections, against mosquitto. Every load loop is
+//! bounded in message count and in time, and only ever talks to loopback addresses.
 
 mod brokers;
 mod chat;
