@@ -415,7 +415,7 @@ pub(crate) fn message_id(mut k: u64) -> String {
     String::from_utf8(s.to_vec()).unwrap()
 }
 
-fn parse_message_id(id: &str) -> Option<u64> {
+pub(crate) fn parse_message_id(id: &str) -> Option<u64> {
     if id.len() != ID_LEN {
         return None;
     }

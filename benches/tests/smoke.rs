@@ -1,4 +1,5 @@
-//! CI smoke test of the load scenarios: `tern-bench <scenario> --quick` against the debug tern,
+//! CI smoke test of the load scenarios (chat, federation, connect, idle, resume, fanout):
+//! `tern-bench <scenario> --quick` against the debug tern,
 //! with real mosquitto and Prosody (installed by scripts/install-test-deps). It checks that each
 //! run completes cleanly (every message delivered once, receipted where clients send receipts)
 //! and that the JSON has the figures; it asserts nothing about speed.
@@ -87,4 +88,53 @@ fn chat_quick_runs_clean_against_prosody() {
     assert_eq!(p["delivered"], p["messages"], "{p}");
     assert!(p["bytes"]["recipient_down"].as_f64().unwrap() > 0.0, "{p}");
     assert!(r["ratio_tern_over_reference"]["bytes_per_msg"].as_f64().is_some());
+}
+
+/// tern's figures in a session scenario's report, after checking the run had no failures.
+fn session_figures<'a>(r: &'a serde_json::Value, scenario: &str) -> &'a serde_json::Value {
+    assert_eq!(r["scenario"], scenario);
+    let systems = r["systems"].as_array().unwrap();
+    assert_eq!(systems.len(), 2, "tern and mosquitto: {r}");
+    assert_eq!(systems[1]["broker"], "mosquitto");
+    for s in systems {
+        assert_eq!(s["failures"], 0, "{s}");
+    }
+    &systems[0]["values"]
+}
+
+#[test]
+fn connect_quick_logs_in_with_password_then_token() {
+    let r = run_quick("connect", &[]);
+    let tern = session_figures(&r, "connect");
+    assert_eq!(tern["ok"], 40.0, "{tern}");
+    assert_eq!(tern["re_ok"], 40.0, "{tern}");
+    assert!(tern["p99_ms"].as_f64().unwrap() > 0.0, "{tern}");
+    assert!(r["ratio_tern_over_reference"]["connects_per_s"].as_f64().is_some(), "{r}");
+}
+
+#[test]
+fn idle_quick_holds_sessions_and_reads_memory() {
+    let r = run_quick("idle", &[]);
+    let tern = session_figures(&r, "idle");
+    assert_eq!(tern["sessions"], 50.0, "{tern}");
+    assert!(tern["rss_mib_all_up"].as_f64().unwrap() > 0.0, "{tern}");
+    // A PINGREQ and its PINGRESP a second, both ways, at least.
+    assert!(tern["keepalive_bytes_per_session_hour"].as_f64().unwrap() >= 3600.0, "{tern}");
+}
+
+#[test]
+fn resume_quick_gets_every_missed_message() {
+    let r = run_quick("resume", &[]);
+    let tern = session_figures(&r, "resume");
+    assert_eq!(tern["resumed"], 10.0, "{tern}");
+    assert_eq!(tern["session_present"], 10.0, "{tern}");
+    assert!(tern["bytes_per_missed"].as_f64().unwrap() > 0.0, "{tern}");
+}
+
+#[test]
+fn fanout_quick_delivers_to_every_recipient() {
+    let r = run_quick("fanout", &[]);
+    let tern = session_figures(&r, "fanout");
+    assert_eq!(tern["delivered"], 200.0, "{tern}");
+    assert_eq!(r["systems"][1]["values"]["delivered"], 200.0, "{r}");
 }

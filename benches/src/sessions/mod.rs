@@ -1,0 +1,534 @@
+//! The session scenarios (`connect`, `idle`, `resume`, `fanout`): many phones, each one raw MQTT
+//! 3.1.1 connection (`raw_mqtt.rs`), against a tern the bench starts on loopback or one at
+//! `--addr`, and the same workload against mosquitto with `--against mosquitto`.
+//!
+//! This file holds what they share: the target, users, source addresses, the progress line and
+//! the report (a table of figures for both systems with their ratio, and the same as JSON).
+
+pub mod connect;
+pub mod fanout;
+pub mod idle;
+mod pass;
+mod report;
+pub mod resume;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use prost::Message;
+use tern_schemas::v1::{down, Down};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::brokers::{self, Broker};
+use crate::raw_mqtt::{Conn, ConnectOpts};
+pub(crate) use report::{finish, Figures, Row, SessionReport};
+
+pub(crate) const PASSWORD: &str = "bench-pw";
+/// Sockets per loopback source address: well below the 28k ports of the default ephemeral
+/// range, which the closed connections of a pass hold in TIME_WAIT for a minute.
+const PER_SOURCE: usize = 10_000;
+/// Cap on any one connect (TCP + CONNECT → CONNACK, and the token after a password login).
+pub(crate) const CONNECT_LIMIT: Duration = Duration::from_secs(30);
+
+/// Connects in progress at once, unless given: tern's password logins queue behind four Argon2
+/// slots and are refused as busy after 5 s, which a loaded CI machine must not reach.
+pub(crate) fn concurrency(given: Option<usize>, quick: bool) -> usize {
+    given.unwrap_or(if quick { 4 } else { 32 })
+}
+
+/// Which system runs the workload, for the parts that differ.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum System {
+    Tern,
+    Mosquitto,
+}
+
+/// The system under test and the reference, common to the session scenarios.
+#[derive(clap::Args, Debug)]
+pub struct TargetArgs {
+    /// The tern binary (to start one, and to ask its version).
+    #[arg(long, default_value = "target/release/tern")]
+    pub(crate) tern_bin: PathBuf,
+    /// Use the tern already listening (plain MQTT) here instead of starting one; its users
+    /// must exist (see --admin-socket) with password --password.
+    #[arg(long)]
+    pub(crate) addr: Option<SocketAddr>,
+    /// PID of the tern at --addr, for its memory and CPU figures.
+    #[arg(long)]
+    pub(crate) pid: Option<u32>,
+    /// Admin socket (`<data dir>/admin.sock`) of the tern at --addr, to create the bench's users.
+    #[arg(long)]
+    pub(crate) admin_socket: Option<PathBuf>,
+    /// Password of the bench's users.
+    #[arg(long, default_value = PASSWORD)]
+    pub(crate) password: String,
+    /// tern's XMPP domain.
+    #[arg(long, default_value = "bench.test")]
+    pub(crate) domain: String,
+    /// The same workload on mosquitto too, or `none`.
+    #[arg(long, value_enum, default_value = "mosquitto")]
+    pub(crate) against: Against,
+    /// The mosquitto binary (Debian package `mosquitto`).
+    #[arg(long, default_value = "mosquitto")]
+    pub(crate) mosquitto_bin: PathBuf,
+    /// Tiny sizes for the CI smoke test.
+    #[arg(long)]
+    pub(crate) quick: bool,
+    /// Where to write the results as JSON [default: bench-results/<scenario>.json].
+    #[arg(long)]
+    pub(crate) json: Option<PathBuf>,
+    /// Scratch directory for tern's store and the logs [default: a new one in $TMPDIR].
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Keep the scratch directory.
+    #[arg(long)]
+    pub(crate) keep_data: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Against {
+    /// The same MQTT clients against mosquitto (anonymous, in memory).
+    Mosquitto,
+    None,
+}
+
+impl TargetArgs {
+    pub(crate) fn json_path(&self, scenario: &str) -> PathBuf {
+        self.json.clone().unwrap_or_else(|| PathBuf::from(format!("bench-results/{scenario}.json")))
+    }
+}
+
+/// A system the scenario talks to: one we started, or one the operator runs.
+pub(crate) struct Target {
+    pub(crate) system: System,
+    pub(crate) addr: SocketAddr,
+    pub(crate) pid: Option<u32>,
+    pub(crate) version: String,
+    admin: Option<PathBuf>,
+    started: Option<Broker>,
+}
+
+impl Target {
+    /// tern: the one at `--addr`, or a fresh one in `scratch/tern`.
+    pub(crate) async fn tern(a: &TargetArgs, scratch: &Path) -> anyhow::Result<Target> {
+        let version = std::process::Command::new(&a.tern_bin)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        if let Some(addr) = a.addr {
+            return Ok(Target {
+                system: System::Tern,
+                addr,
+                pid: a.pid,
+                version,
+                admin: a.admin_socket.clone(),
+                started: None,
+            });
+        }
+        anyhow::ensure!(
+            a.tern_bin.exists(),
+            "{} not found; build it with `cargo build --release -p tern` or pass --tern-bin",
+            a.tern_bin.display()
+        );
+        let dir = scratch.join("tern");
+        let b = brokers::start_tern(&a.tern_bin, &dir, &a.domain, None).await?;
+        eprintln!("tern (pid {}) on {}", b.pid(), b.addr);
+        Ok(Target {
+            system: System::Tern,
+            addr: b.addr,
+            pid: Some(b.pid()),
+            version: b.version.clone(),
+            admin: Some(dir.join("admin.sock")),
+            started: Some(b),
+        })
+    }
+
+    /// A fresh mosquitto in `scratch/mosquitto`.
+    pub(crate) async fn mosquitto(a: &TargetArgs, scratch: &Path) -> anyhow::Result<Target> {
+        let b = brokers::start_mosquitto(&a.mosquitto_bin, &scratch.join("mosquitto")).await?;
+        eprintln!("{} (pid {}) on {}", b.version, b.pid(), b.addr);
+        Ok(Target {
+            system: System::Mosquitto,
+            addr: b.addr,
+            pid: Some(b.pid()),
+            version: b.version.clone(),
+            admin: None,
+            started: Some(b),
+        })
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        match self.system {
+            System::Tern => "tern",
+            System::Mosquitto => "mosquitto",
+        }
+    }
+
+    /// The server's resident memory (VmRSS), KiB.
+    pub(crate) fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// The server's CPU time so far, ms.
+    pub(crate) fn cpu_ms(&self) -> Option<f64> {
+        brokers::cpu_ms(&format!("/proc/{}/stat", self.pid?))
+    }
+
+    /// Creates `names` (tern only; mosquitto takes anyone) through the admin socket, a few at
+    /// a time since each is an Argon2 hash in the daemon.
+    pub(crate) async fn add_users(&self, names: &[String], password: &str) -> anyhow::Result<f64> {
+        let t = Instant::now();
+        if self.system != System::Tern || names.is_empty() {
+            return Ok(0.0);
+        }
+        let Some(sock) = self.admin.clone() else {
+            eprintln!("no --admin-socket: assuming the {} users exist", names.len());
+            return Ok(0.0);
+        };
+        let progress = Progress::start("adding users", names.len() as u64);
+        let sem = Arc::new(tokio::sync::Semaphore::new(4));
+        let mut tasks = tokio::task::JoinSet::new();
+        for name in names {
+            let line = format!(
+                "add {name} {}\n",
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, password)
+            );
+            let (sock, sem, done) = (sock.clone(), sem.clone(), progress.done.clone());
+            tasks.spawn(async move {
+                let _slot = sem.acquire_owned().await?;
+                let mut s = tokio::net::UnixStream::connect(&sock)
+                    .await
+                    .with_context(|| format!("admin socket {}", sock.display()))?;
+                s.write_all(line.as_bytes()).await?;
+                let mut reply = String::new();
+                s.read_to_string(&mut reply).await?;
+                // A user left from an earlier run against the same --addr is fine.
+                if !reply.starts_with("ok") && !reply.contains("exists") {
+                    bail!("admin socket: {}", reply.trim());
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+                anyhow::Ok(())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r??;
+        }
+        progress.finish();
+        Ok(t.elapsed().as_secs_f64())
+    }
+
+    pub(crate) async fn stop(self) {
+        if let Some(b) = self.started {
+            b.stop().await;
+        }
+    }
+}
+
+/// One phone's identity on the target: tern wants a user and device, mosquitto a client id.
+pub(crate) struct Phone {
+    pub(crate) user: String,
+    pub(crate) client_id: String,
+    /// Loopback address to connect from, so that N phones never run out of ports.
+    pub(crate) source: Option<IpAddr>,
+}
+
+impl Phone {
+    /// Phone `i` of the scenario `tag` (user `<tag><i / devices>`, device `d<i % devices>`).
+    pub(crate) fn new(system: System, target: SocketAddr, tag: &str, i: usize, devices: usize) -> Phone {
+        let user = format!("{tag}{}", i / devices);
+        let client_id = match system {
+            System::Tern => format!("d{}", i % devices),
+            System::Mosquitto => format!("{tag}{i}"),
+        };
+        Phone { user, client_id, source: source_ip(target, i) }
+    }
+
+    /// The CONNECT for this phone with `secret` (mosquitto: anonymous).
+    pub(crate) fn opts<'a>(
+        &'a self,
+        system: System,
+        secret: &'a str,
+        clean: bool,
+        keepalive_s: u16,
+    ) -> ConnectOpts<'a> {
+        let (user, password) = match system {
+            System::Tern => (Some(self.user.as_str()), Some(secret)),
+            System::Mosquitto => (None, None),
+        };
+        ConnectOpts { client_id: &self.client_id, user, password, clean, keepalive_s }
+    }
+}
+
+/// The users of `n` phones, `devices` per user.
+pub(crate) fn user_names(tag: &str, n: usize, devices: usize) -> Vec<String> {
+    (0..n.div_ceil(devices)).map(|u| format!("{tag}{u}")).collect()
+}
+
+/// 127.0.0.2, 127.0.0.3, … for a loopback target, `PER_SOURCE` phones each.
+fn source_ip(target: SocketAddr, i: usize) -> Option<IpAddr> {
+    if !target.ip().is_loopback() || !target.is_ipv4() {
+        return None;
+    }
+    let k = 2 + (i / PER_SOURCE) as u32;
+    Some(IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 0)) + k)))
+}
+
+/// A connected phone: the connection, the connect latency, and (tern, password login) its token.
+pub(crate) struct Connected {
+    pub(crate) conn: Conn,
+    pub(crate) latency: Duration,
+    pub(crate) token: Option<String>,
+}
+
+/// Connects `phone`; on tern after a password login also waits for its `Down{token}`. Fails on
+/// anything but CONNACK 0.
+pub(crate) async fn connect_phone(
+    system: System,
+    addr: SocketAddr,
+    phone: &Phone,
+    secret: &str,
+    clean: bool,
+    keepalive_s: u16,
+) -> anyhow::Result<Connected> {
+    let want_token = system == System::Tern && !secret.starts_with("t1.");
+    let attempt = async {
+        let t = Instant::now();
+        let (mut conn, _, code) =
+            Conn::connect(addr, phone.source, &phone.opts(system, secret, clean, keepalive_s)).await?;
+        let latency = t.elapsed();
+        if code != 0 {
+            bail!("CONNACK code {code}");
+        }
+        let mut token = None;
+        while want_token && token.is_none() {
+            let p = conn.read().await?;
+            if let Some(publish) = p.publish() {
+                let id = publish.packet_id;
+                if let Ok(Down { body: Some(down::Body::Token(t)), .. }) = Down::decode(publish.payload) {
+                    token = Some(t.token);
+                }
+                if let Some(id) = id {
+                    conn.puback(id).await?;
+                }
+            }
+        }
+        anyhow::Ok(Connected { conn, latency, token })
+    };
+    tokio::time::timeout(CONNECT_LIMIT, attempt).await.context("connect took over 30 s")?
+}
+
+/// A progress line on stderr, redrawn four times a second until finished (on a terminal; into
+/// a log, a line every 10 %).
+pub(crate) struct Progress {
+    pub(crate) done: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    pub(crate) fn start(label: &'static str, total: u64) -> Progress {
+        let done = Arc::new(AtomicU64::new(0));
+        let d = done.clone();
+        let t0 = Instant::now();
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let task = tokio::spawn(async move {
+            let mut shown = None;
+            loop {
+                let done = d.load(Ordering::Relaxed);
+                let tenth = (done * 10).checked_div(total).unwrap_or(10);
+                if tty || shown != Some(tenth) {
+                    draw(label, done, total, t0, tty);
+                    shown = Some(tenth);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        Progress { done, task }
+    }
+
+    pub(crate) fn finish(self) {
+        self.task.abort();
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprintln!();
+        }
+    }
+}
+
+fn draw(label: &str, done: u64, total: u64, t0: Instant, tty: bool) {
+    const WIDTH: u64 = 30;
+    let filled = (done.min(total) * WIDTH).checked_div(total).unwrap_or(WIDTH) as usize;
+    let line = format!(
+        "{label:<22} [{}{}] {done}/{total} {:.1} s ",
+        "#".repeat(filled),
+        ".".repeat(WIDTH as usize - filled),
+        t0.elapsed().as_secs_f64()
+    );
+    if tty {
+        eprint!("\r{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+/// Raises this process's open-file limit (and so its children's) as far as the kernel allows:
+/// every phone is a socket here and in the server.
+pub(crate) fn raise_nofile() -> u64 {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        // Raising the hard limit needs CAP_SYS_RESOURCE; without it, take the soft one up to it.
+        let want = libc::rlimit { rlim_cur: nr_open as _, rlim_max: nr_open as _ };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur
+    }
+}
+
+/// The scratch directory and the machine's load before the run.
+pub(crate) struct Scratch {
+    pub(crate) dir: PathBuf,
+    remove: bool,
+    pub(crate) loadavg_before: String,
+}
+
+impl Scratch {
+    pub(crate) fn new(a: &TargetArgs, scenario: &str) -> anyhow::Result<Scratch> {
+        let loadavg_before = crate::chat::loadavg();
+        let (dir, temporary) = brokers::scratch_dir(a.data_dir.as_deref())?;
+        eprintln!("tern-bench {scenario}: scratch dir {}", dir.display());
+        Ok(Scratch { dir, remove: temporary && !a.keep_data, loadavg_before })
+    }
+
+    /// Removes the directory after a clean run; otherwise says where it is.
+    pub(crate) fn done(self, clean: bool) {
+        if self.remove && clean {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("scratch dir kept: {}", self.dir.display());
+        }
+    }
+}
+
+/// Runs `body` against tern, then against the reference (if any), stopping each system after
+/// its part, and writes the report.
+pub(crate) async fn run_both<F, Fut>(
+    a: &TargetArgs,
+    scenario: &'static str,
+    settings: serde_json::Value,
+    rows: Vec<Row>,
+    notes: Vec<&'static str>,
+    body: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(Arc<Target>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Figures>>,
+{
+    let nofile = raise_nofile();
+    eprintln!("tern-bench {scenario}: open-file limit {nofile}");
+    let scratch = Scratch::new(a, scenario)?;
+    let outcome = async {
+        let mut systems = Vec::new();
+        let tern = Arc::new(Target::tern(a, &scratch.dir).await?);
+        let result = body(tern.clone()).await;
+        stop(tern).await;
+        systems.push(result?);
+        if a.against == Against::Mosquitto {
+            let m = Arc::new(Target::mosquitto(a, &scratch.dir).await?);
+            let result = body(m.clone()).await;
+            stop(m).await;
+            systems.push(result?);
+        }
+        anyhow::Ok(systems)
+    }
+    .await;
+    let systems = match outcome {
+        Ok(s) => s,
+        Err(e) => {
+            scratch.done(false);
+            return Err(e);
+        }
+    };
+    let report = SessionReport::new(scenario, settings, scratch.loadavg_before.clone(), systems, rows, notes);
+    let clean = finish(&report, &a.json_path(scenario))?;
+    scratch.done(clean);
+    anyhow::ensure!(clean, "some clients failed or messages went missing (see the table and the JSON)");
+    Ok(())
+}
+
+async fn stop(t: Arc<Target>) {
+    match Arc::try_unwrap(t) {
+        Ok(t) => t.stop().await,
+        // A task still holds it: the child is killed on drop when the last handle goes.
+        Err(_) => eprintln!("warning: the server is still referenced; it stops when the bench exits"),
+    }
+}
+
+/// The chat message in a PUBLISH payload as its recipient gets it, as (id, body): tern sends a
+/// `Down{chat}`, mosquitto the sender's very bytes, an `Up{chat}`.
+pub(crate) fn chat_of(system: System, p: &crate::raw_mqtt::Publish) -> Option<(String, String)> {
+    use tern_schemas::v1::{up, Up};
+    let payload = p.payload;
+    match system {
+        System::Tern if p.topic != "d" => None,
+        System::Tern => match Down::decode(payload).ok()? {
+            Down { id, body: Some(down::Body::Chat(c)), .. } => Some((id, c.body)),
+            _ => None,
+        },
+        System::Mosquitto => match Up::decode(payload).ok()? {
+            Up { id, body: Some(up::Body::Chat(c)) } => Some((id, c.body)),
+            _ => None,
+        },
+    }
+}
+
+/// The topic a sender publishes a chat on: tern's `u`, or the recipient's topic on mosquitto.
+pub(crate) fn send_topic(system: System, mosquitto_topic: &str) -> &str {
+    match system {
+        System::Tern => "u",
+        System::Mosquitto => mosquitto_topic,
+    }
+}
+
+/// Publishes `messages` (topic, payload) at QoS 1 with at most `window` unacknowledged, and
+/// waits for every PUBACK (tern: each message is durable in its recipient's inbox). PUBLISHes
+/// to the sender are acknowledged and otherwise ignored.
+pub(crate) async fn send_all(
+    conn: &mut Conn,
+    messages: impl IntoIterator<Item = (String, Vec<u8>)>,
+    window: usize,
+) -> anyhow::Result<u64> {
+    let (mut sent, mut acked, mut next_id) = (0u64, 0u64, 0u16);
+    let mut messages = messages.into_iter().peekable();
+    while messages.peek().is_some() || acked < sent {
+        if (sent - acked) < window as u64 {
+            if let Some((topic, payload)) = messages.next() {
+                next_id = next_id.checked_add(1).unwrap_or(1);
+                conn.send(&crate::raw_mqtt::publish_packet(&topic, Some(next_id), &payload)).await?;
+                sent += 1;
+                continue;
+            }
+        }
+        let p = conn.read().await?;
+        if p.puback_id().is_some() {
+            acked += 1;
+        } else if let Some(id) = p.publish().and_then(|p| p.packet_id) {
+            conn.puback(id).await?;
+        }
+    }
+    Ok(sent)
+}
