@@ -1,21 +1,26 @@
-//! The inbox hot path (tern's sled store): appending a 1:1 chat message (the recipient's entry,
-//! the sender's copy and the dedupe record in one batch), reading a session's next entries after
-//! its cursor, and the acknowledgement (cursor write). Without fsync, which the group commit
-//! shares among writers; `append_then_flush` shows one writer paying for its own.
+//! The inbox hot path (tern's store: a journal in front of sled): appending a 1:1 chat message
+//! (the recipient's entry, the sender's copy and the dedupe record in one batch), reading a
+//! session's next entries after its cursor, and the acknowledgement (cursor write). Without the
+//! group commit, which writers share; `append_then_flush` shows one writer paying for its own
+//! journal write and fdatasync (`[inbox] sync = "always"`).
 //!
 //! `cargo bench -p tern-bench --bench inbox`
 
 use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use tern::config::SyncPolicy;
 use tern::ids::{DeviceId, MsgId, Seq, UserName};
 use tern::store::inbox::{Delivery, Inbox};
+use tern::store::{Durability, Store};
 use tern_schemas::v1::{down, Chat, Down};
 
 struct Fixture {
-    /// fsync of the whole database (sled's `flush`), as the group commit does.
+    /// One group commit: the journal write and its fdatasync.
     flush: Box<dyn Fn()>,
-    inbox: Inbox,
+    inbox: Arc<Inbox>,
     alice: UserName,
     bob: UserName,
     phone: DeviceId,
@@ -35,11 +40,13 @@ impl Drop for TempDir {
 fn fixture(name: &str) -> Fixture {
     let dir = std::env::temp_dir().join(format!("tern-bench-inbox-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let db = tern::store::open_db(&dir).expect("a scratch sled database");
-    let inbox = Inbox::new(db.open_tree("data").expect("the data tree"));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let durability = Durability::new(SyncPolicy::Always, Duration::from_millis(100));
+    let store = runtime.block_on(async { Store::open(&dir, durability) }).expect("a scratch store");
+    let inbox = store.inbox.clone();
     Fixture {
         flush: Box::new(move || {
-            db.flush().expect("flush");
+            runtime.block_on(store.committer.durable()).expect("a group commit");
         }),
         inbox,
         alice: UserName::parse("alice").expect("valid"),
