@@ -153,21 +153,13 @@ async fn drive(
         }
         let sleep = super::sleep_until(machine.poll_timeout());
         let Some(s) = sock.as_mut() else {
-            if gone {
+            if super::socket_gone(&mut gone, &mut machine) {
                 return (reason, ready);
             }
-            gone = true;
-            machine.close(Instant::now());
             continue;
         };
         tokio::select! {
-            read = s.read(&mut buf) => match read {
-                Ok(0) | Err(_) => {
-                    sock = None;
-                    machine.close(Instant::now());
-                }
-                Ok(n) => machine.handle_input(&buf[..n], Instant::now()),
-            },
+            read = s.read(&mut buf) => super::feed(read, &buf, &mut sock, &mut machine),
             cmd = rx.recv() => match cmd {
                 Some(Cmd::Stanza(el)) => machine.send_stanza(el, Instant::now()),
                 Some(Cmd::Verify { .. }) => {} // no dialback in component mode: reads as invalid

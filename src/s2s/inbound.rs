@@ -105,23 +105,13 @@ async fn run(s2s: Arc<S2s>, tcp: TcpStream, remote: SocketAddr) {
         }
         let sleep = super::sleep_until(machine.poll_timeout());
         let Some(s) = sock.as_mut() else {
-            // The socket is gone: close the machine (which emits its last outputs), and
-            // never spin if it was somehow closed already.
-            if gone {
+            if super::socket_gone(&mut gone, &mut machine) {
                 return;
             }
-            gone = true;
-            machine.close(Instant::now());
             continue;
         };
         tokio::select! {
-            read = s.read(&mut buf) => match read {
-                Ok(0) | Err(_) => {
-                    sock = None;
-                    machine.close(Instant::now());
-                }
-                Ok(n) => machine.handle_input(&buf[..n], Instant::now()),
-            },
+            read = s.read(&mut buf) => super::feed(read, &buf, &mut sock, &mut machine),
             Some((from, to, valid)) = verdicts.recv() => {
                 if !valid {
                     tracing::info!(%remote, from, to, "s2s dialback key refused");

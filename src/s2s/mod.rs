@@ -28,7 +28,7 @@ pub mod schedule;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tern_bridge::s2s::{Config as MachineConfig, TlsPolicy};
 use tern_bridge::Element;
@@ -302,6 +302,57 @@ pub(crate) fn stream_id() -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// What the three driver loops (outbound, inbound, component) need of their machine to handle
+/// the socket's side.
+pub(crate) trait Machine {
+    /// Bytes the peer sent.
+    fn handle_input(&mut self, bytes: &[u8], now: Instant);
+    /// The connection is gone or must go; the machine emits its last outputs.
+    fn close(&mut self, now: Instant);
+}
+
+macro_rules! machine {
+    ($($t:ty),*) => {$(
+        impl Machine for $t {
+            fn handle_input(&mut self, bytes: &[u8], now: Instant) {
+                <$t>::handle_input(self, bytes, now)
+            }
+            fn close(&mut self, now: Instant) {
+                <$t>::close(self, now)
+            }
+        }
+    )*};
+}
+machine!(tern_bridge::s2s::Outbound, tern_bridge::s2s::Inbound, tern_bridge::component::Connection);
+
+/// Hands what a read returned to the machine: bytes are input; end of stream or an error drops
+/// the socket and closes the machine.
+pub(crate) fn feed<S>(
+    read: std::io::Result<usize>,
+    buf: &[u8],
+    sock: &mut Option<S>,
+    machine: &mut impl Machine,
+) {
+    match read {
+        Ok(n) if n > 0 => machine.handle_input(&buf[..n], Instant::now()),
+        _ => {
+            *sock = None;
+            machine.close(Instant::now());
+        }
+    }
+}
+
+/// The socket is gone: closes the machine (it emits its last outputs) the first time; true when
+/// that was done already, so the loop must end rather than spin.
+pub(crate) fn socket_gone(gone: &mut bool, machine: &mut impl Machine) -> bool {
+    if *gone {
+        return true;
+    }
+    *gone = true;
+    machine.close(Instant::now());
+    false
+}
 
 /// Sleeps until the machine's next deadline, or forever when it has none.
 async fn sleep_until(deadline: Option<std::time::Instant>) {

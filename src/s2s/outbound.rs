@@ -216,20 +216,12 @@ async fn drive(
         let wake = [machine.poll_timeout(), schedule.poll_timeout()].into_iter().flatten().min();
         let sleep = super::sleep_until(wake);
         let Some(s) = sock.as_mut() else {
-            // The socket is gone: close the machine (which emits its last outputs), and
-            // never spin if it was somehow closed already.
-            gone = true;
-            machine.close(Instant::now());
+            // Ends the loop above, through `gone`, once the machine has had its last word.
+            let _ = super::socket_gone(&mut gone, &mut machine);
             continue;
         };
         tokio::select! {
-            read = s.read(&mut buf) => match read {
-                Ok(0) | Err(_) => {
-                    sock = None;
-                    machine.close(Instant::now());
-                }
-                Ok(n) => machine.handle_input(&buf[..n], Instant::now()),
-            },
+            read = s.read(&mut buf) => super::feed(read, &buf, &mut sock, &mut machine),
             cmd = rx.recv() => match cmd {
                 Some(Cmd::Stanza(el)) => {
                     if let Some(el) = push(s2s, schedule, el, Instant::now()) {
