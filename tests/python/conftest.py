@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ternclient import WAIT, Phone  # tests/python is on sys.path (no __init__.py)
+from ternclient import WAIT, phone_factory  # tests/python is on sys.path (no __init__.py)
 
 REPO = Path(__file__).resolve().parents[2]
 PROTO_DIR = REPO / "schemas" / "proto"
@@ -310,16 +310,8 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture
 def phones(pb, tern):
     """Factory for Phone objects; every one is disconnected at the end."""
-    made: list[Phone] = []
-
-    def make(user: str, device: str, **kw) -> Phone:
-        p = Phone(pb, tern, user, device, **kw)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.close()
+    with phone_factory(pb, tern) as make:
+        yield make
 
 
 @pytest.fixture(autouse=True)

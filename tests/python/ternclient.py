@@ -6,6 +6,7 @@ no SUBSCRIBE for `d`. Every wait is bounded by WAIT seconds.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import ssl
 import threading
@@ -262,3 +263,24 @@ class Phone:
 
     def chats(self) -> list:
         return [d for d in self.downs() if d.WhichOneof("body") == "chat"]
+
+
+@contextlib.contextmanager
+def phone_factory(pb, server, connect: bool = False):
+    """Yields make(user, device, server=None, **kw) -> Phone on `server` (or the one given),
+    connected at once when `connect`; every Phone made is closed at the end."""
+    made: list[Phone] = []
+
+    def make(user: str, device: str, server=None, **kw) -> Phone:
+        p = Phone(pb, server or default, user, device, **kw)
+        made.append(p)
+        if connect:
+            p.connect()
+        return p
+
+    default = server
+    try:
+        yield make
+    finally:
+        for p in made:
+            p.close()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ternclient import Phone
+from ternclient import phone_factory
 from xmpp.prosody import _port_open
 from xmpp.ternproc import TernProc, start_tern
 
@@ -202,17 +202,8 @@ def toml_value(v) -> str:
 @pytest.fixture
 def phones(pb):
     """make(tern, user, device) -> connected Phone; closed at teardown."""
-    made: list[Phone] = []
-
-    def make(tern: TernProc, user: str = "alice", device: str = "phone1") -> Phone:
-        p = Phone(pb, tern, user, device)
-        made.append(p)
-        p.connect()
-        return p
-
-    yield make
-    for p in made:
-        p.close()
+    with phone_factory(pb, None, connect=True) as make:
+        yield lambda tern, user="alice", device="phone1": make(user, device, server=tern)
 
 
 def closed_port(ip: str = "127.0.0.1") -> int:

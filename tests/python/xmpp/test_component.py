@@ -10,14 +10,12 @@ slixmpp client of Prosody.
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from ternclient import Phone
+from ternclient import phone_factory
 from xmpp.ternproc import TernProc, start_tern
 
 TERN_DOMAIN = "tern.xmpp.test"
@@ -59,17 +57,6 @@ def _wait_log(tern: CompTern, needle: str, timeout: float = COMP_WAIT) -> None:
         time.sleep(0.05)
 
 
-def _stop(tern: CompTern) -> None:
-    print(f"--- tern log (tail) ---\n{tern.log()[-6000:]}")
-    if tern.proc.poll() is None:
-        tern.proc.send_signal(signal.SIGTERM)
-        try:
-            tern.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            tern.proc.kill()
-            tern.proc.wait(timeout=5)
-
-
 @pytest.fixture
 def component(prosody_factory, user_template, tmp_path):
     """(tern, prosody): tern is the component tern.xmpp.test of xmpp.test."""
@@ -77,22 +64,13 @@ def component(prosody_factory, user_template, tmp_path):
     assert TERN_DOMAIN in prosody.components, prosody.components
     tern = _start_tern(tmp_path, user_template, prosody.component, prosody.components[TERN_DOMAIN])
     yield tern, prosody
-    _stop(tern)
+    tern.stop()
 
 
 @pytest.fixture
 def comp_phones(pb, component):
-    tern, _ = component
-    made: list[Phone] = []
-
-    def make(user: str, device: str, **kw) -> Phone:
-        p = Phone(pb, tern, user, device, **kw)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.close()
+    with phone_factory(pb, component[0]) as make:
+        yield make
 
 
 def test_component_phone_chats_with_a_prosody_user_both_ways(component, comp_phones, xmpp_client):
@@ -136,7 +114,7 @@ def test_component_wrong_secret_is_refused_and_retried(prosody_factory, user_tem
             time.sleep(0.1)
         assert "component stream ready" not in tern.log()
     finally:
-        _stop(tern)
+        tern.stop()
 
 
 def test_component_stream_down_bounces_then_reconnects(component, comp_phones, xmpp_client, pb):

@@ -7,14 +7,12 @@ STARTTLS is negotiated both ways (self-signed certs, dialback authenticates).
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from ternclient import Phone, new_id
+from ternclient import new_id, phone_factory
 from xmpp.ternproc import TernProc, start_tern
 
 TERN_DOMAIN = "tern.test"
@@ -58,30 +56,13 @@ def federation(request, prosody_factory, user_template, tmp_path):
     prosody = prosody_factory("xmpp.test", users=XMPP_USERS, hosts={TERN_DOMAIN: S2S_ADDR[0]})
     tern = _start_tern(tmp_path, user_template, {"xmpp.test": f"{prosody.s2s[0]}:{prosody.s2s[1]}"})
     yield tern, prosody
-    # Shown by pytest with a failed test's captured output.
-    print(f"--- tern log (tail) ---\n{tern.log_tail()}")
-    if tern.proc.poll() is None:
-        tern.proc.send_signal(signal.SIGTERM)
-        try:
-            tern.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            tern.proc.kill()
-            tern.proc.wait(timeout=5)
+    tern.stop()
 
 
 @pytest.fixture
 def fed_phones(pb, federation):
-    tern, _ = federation
-    made: list[Phone] = []
-
-    def make(user: str, device: str, **kw) -> Phone:
-        p = Phone(pb, tern, user, device, **kw)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.close()
+    with phone_factory(pb, federation[0]) as make:
+        yield make
 
 
 def test_phone_chats_with_a_prosody_user_both_ways(federation, fed_phones, xmpp_client, pb):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ternclient import Phone
+from ternclient import phone_factory
 from xmpp.prosody import _port_open, make_ca, make_signed_cert
 from xmpp.ternproc import TernProc, start_tern
 
@@ -114,17 +114,9 @@ def start_federation(prosody_factory, user_template, tmp_path, pki):
 
 @pytest.fixture
 def phone(pb):
-    made: list[Phone] = []
-
-    def make(tern: TernProc, user: str = "alice", device: str = "phone1") -> Phone:
-        p = Phone(pb, tern, user, device)
-        made.append(p)
-        p.connect()
-        return p
-
-    yield make
-    for p in made:
-        p.close()
+    """make(tern, user, device) -> connected Phone; closed at teardown."""
+    with phone_factory(pb, None, connect=True) as make:
+        yield lambda tern, user="alice", device="phone1": make(user, device, server=tern)
 
 
 def _auth_lines(tern: TernProc, method: str) -> tuple[list[str], list[str]]:

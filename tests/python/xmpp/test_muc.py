@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from ternclient import Phone
-from xmpp.test_component import COMP_WAIT, _stop, _wait_log, comp_phones, component  # noqa: F401 (fixtures)
+from ternclient import phone_factory
+from xmpp.test_component import COMP_WAIT, _wait_log, comp_phones, component  # noqa: F401 (fixtures)
 from xmpp.test_federation import FED_WAIT, S2S_ADDR, TERN_DOMAIN, XMPP_USERS, _start_tern
 from xmpp.ternproc import tern_binary
 
@@ -34,7 +34,7 @@ def muc(prosody_factory, user_template, tmp_path):
 
     def restart(while_down=lambda: None):
         old = state["tern"]
-        _stop(old)
+        old.stop()
         while_down()
         # A socket file cannot be copied; the stopped tern left its admin socket behind.
         (old.data_dir / "admin.sock").unlink(missing_ok=True)
@@ -44,22 +44,13 @@ def muc(prosody_factory, user_template, tmp_path):
         return state["tern"]
 
     yield state["tern"], prosody, restart
-    _stop(state["tern"])
+    state["tern"].stop()
 
 
 @pytest.fixture
 def phones(pb, muc):
-    made: list[Phone] = []
-
-    def make(user: str, device: str, server=None) -> Phone:
-        p = Phone(pb, server or muc[0], user, device)
-        made.append(p)
-        p.connect()
-        return p
-
-    yield make
-    for p in made:
-        p.close()
+    with phone_factory(pb, muc[0], connect=True) as make:
+        yield make
 
 
 def _bob_in_room(xmpp_client, prosody):
