@@ -34,21 +34,19 @@ pub async fn start(config: Config) -> anyhow::Result<Bound> {
     metrics::gauge!("tern_inbox_depth").set(depth as f64);
 
     let broker = Arc::new(rumqttd::Broker::new(router_config(&config)));
-    let (hub_tx, mut hub_rx) = tokio::task::block_in_place(|| broker.link("tern-hub"))?;
-    // The hub only publishes, but its link still gets notifications that must be drained.
-    tokio::spawn(async move { while let Ok(_n) = hub_rx.next().await {} });
+    let registry = Arc::new(Registry::default());
     // In component mode the component's domain is tern's domain.
     let domain = match &config.component {
         Some(c) => c.domain.clone(),
         None => tern_bridge::Jid::parse(&config.domain)?.domain().to_owned(),
     };
     let domain_name = domain.clone();
-    let hub = Hub::new(domain, store.clone(), hub_tx, config.auth.token_ttl_secs)?;
+    let hub = Hub::new(domain, store.clone(), registry.clone(), config.auth.token_ttl_secs)?;
 
     let shared = Arc::new(Shared {
         hub,
         broker,
-        registry: Arc::new(Registry::default()),
+        registry,
         session: SessionConfig {
             max_inflight: config.mqtt.max_inflight,
             max_pending_up: config.mqtt.max_pending_up,
@@ -148,11 +146,11 @@ pub async fn start(config: Config) -> anyhow::Result<Bound> {
 fn router_config(config: &Config) -> rumqttd::Config {
     rumqttd::Config {
         router: rumqttd::RouterConfig {
-            // The hub's own link, plus every session.
+            // Sessions that use plain topics (each gets its link on first use).
             max_connections: config.mqtt.max_connections + 16,
             max_outgoing_packet_count: 200,
-            // Wakes and live envelopes are tiny and consumed at once; plain topics are at most
-            // once. Small segments keep per-topic memory low with many users.
+            // Plain topics are delivered at most once and consumed at once: small segments keep
+            // per-topic memory low with many devices.
             max_segment_size: 64 * 1024,
             max_segment_count: 4,
             ..Default::default()

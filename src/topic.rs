@@ -122,24 +122,6 @@ pub fn strip_namespace<'a>(user: &UserName, router_topic: &'a str) -> Option<&'a
     router_topic.strip_prefix("t/")?.strip_prefix(user.as_str())?.strip_prefix('/')
 }
 
-// Internal router topics live under `_tern/`, which no client can name (client topics always
-// map under `t/`). Not `$tern/`: rumqttd refuses `$` filters other than `$share`.
-
-/// Router topic on which the inbox announces new durable entries for `user`.
-pub fn wake_topic(user: &UserName) -> String {
-    format!("_tern/w/{}", user.as_str())
-}
-
-/// Router topic carrying `user`'s ephemeral downward envelopes (presence, chat states, roster pushes).
-pub fn live_topic(user: &UserName) -> String {
-    format!("_tern/l/{}", user.as_str())
-}
-
-/// Router topic carrying ephemeral envelopes for one device only (presence probes answered).
-pub fn device_live_topic(user: &UserName, device: &crate::ids::DeviceId) -> String {
-    format!("_tern/l/{}/{}", user.as_str(), device.as_str())
-}
-
 fn check_common(topic: &str) -> Result<(), TopicError> {
     if topic.is_empty() {
         return Err(TopicError::Empty);

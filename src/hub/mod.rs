@@ -1,8 +1,8 @@
 //! The hub applies what sessions ask for: logins, messages into inboxes, presence, rosters.
 //!
-//! It is shared by all connection drivers. Durable work follows one pattern: write to sled,
-//! wait for the group commit, move the durable marks, then wake the recipients' sessions
-//! through the rumqttd router. Ephemeral envelopes go straight to the router.
+//! It is shared by all connection drivers. Durable work follows one pattern: write to the
+//! store, wait for the group commit, move the durable marks, then wake the recipients' sessions
+//! through their mailboxes in the registry. Ephemeral envelopes go straight to the mailboxes.
 
 mod muc;
 mod muc_in;
@@ -17,7 +17,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use prost::Message;
-use rumqttd::local::LinkTx;
 use tern_bridge::Jid;
 use tern_schemas::v1::{self, down, error::Code};
 
@@ -26,15 +25,15 @@ use crate::core::session::{Applied, Identity, LoginOk};
 use crate::envelope::{EnvelopeError, UpCmd, UpEnvelope};
 use crate::ids::{DeviceId, Seq, UserName};
 use crate::mqtt::ConnCode;
+use crate::net::registry::Registry;
 use crate::store::inbox::{Appended, Delivery};
 use crate::store::{Store, StoreError};
-use crate::topic;
 
 /// Shared state behind every session.
 pub struct Hub {
     domain: String,
     store: Store,
-    router: Mutex<LinkTx>,
+    sessions: Arc<Registry>,
     tokens: token::TokenKey,
     token_ttl: u64,
     presence: Mutex<HashMap<UserName, HashMap<DeviceId, v1::Presence>>>,
@@ -75,6 +74,12 @@ fn count_out(body: &down::Body) {
     metrics::counter!("tern_envelopes_out_total", "kind" => kind).increment(1);
 }
 
+/// Encodes an ephemeral envelope (no `seq`: it is not an inbox entry), counting it.
+fn encode_live(body: down::Body) -> Bytes {
+    count_out(&body);
+    Bytes::from(v1::Down { body: Some(body), ..Default::default() }.encode_to_vec())
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -86,13 +91,18 @@ fn internal(e: StoreError) -> EnvelopeError {
 }
 
 impl Hub {
-    /// A hub over `store`, publishing on the router through `router`.
-    pub fn new(domain: String, store: Store, router: LinkTx, token_ttl: u64) -> Result<Arc<Hub>, StoreError> {
+    /// A hub over `store`, reaching the sessions held in `sessions`.
+    pub fn new(
+        domain: String,
+        store: Store,
+        sessions: Arc<Registry>,
+        token_ttl: u64,
+    ) -> Result<Arc<Hub>, StoreError> {
         let tokens = token::TokenKey::from_secret(&store.users.token_secret()?);
         let hub = Arc::new(Hub {
             domain,
             store,
-            router: Mutex::new(router),
+            sessions,
             tokens,
             token_ttl,
             presence: Mutex::new(HashMap::new()),
@@ -383,27 +393,16 @@ impl Hub {
 
     /// Tells every session of `user` that its inbox is durable up to `seq`.
     pub fn wake(&self, user: &UserName, seq: Seq) {
-        self.route(topic::wake_topic(user), Bytes::copy_from_slice(&seq.0.to_be_bytes()));
+        self.sessions.wake(user, seq);
     }
 
     /// Sends an ephemeral envelope to every online device of `user`.
     fn live(&self, user: &UserName, body: down::Body) {
-        count_out(&body);
-        let down = v1::Down { body: Some(body), ..Default::default() };
-        self.route(topic::live_topic(user), Bytes::from(down.encode_to_vec()));
+        self.sessions.live(user, encode_live(body));
     }
 
     /// Sends an ephemeral envelope to one device.
     fn live_to_device(&self, id: &Identity, body: down::Body) {
-        count_out(&body);
-        let down = v1::Down { body: Some(body), ..Default::default() };
-        self.route(topic::device_live_topic(&id.user, &id.device), Bytes::from(down.encode_to_vec()));
-    }
-
-    fn route(&self, topic: String, payload: Bytes) {
-        let mut router = self.router.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = router.publish(topic, payload) {
-            tracing::error!(error = %e, "router refused a publish");
-        }
+        self.sessions.live_to_device(id, encode_live(body));
     }
 }

@@ -21,17 +21,7 @@ async fn hub(dir: &std::path::Path) -> Arc<Hub> {
         std::time::Duration::from_millis(20),
     );
     let store = Store::open(dir, durability).unwrap();
-    let router = rumqttd::RouterConfig {
-        max_connections: 4,
-        max_outgoing_packet_count: 16,
-        max_segment_size: 64 * 1024,
-        max_segment_count: 2,
-        ..Default::default()
-    };
-    let broker = rumqttd::Broker::new(rumqttd::Config { router, ..Default::default() });
-    let (tx, mut rx) = broker.link("tern-hub").unwrap();
-    tokio::spawn(async move { while rx.next().await.is_ok() {} });
-    Hub::new("tern.test".into(), store, tx, 3600).unwrap()
+    Hub::new("tern.test".into(), store, Arc::new(crate::net::registry::Registry::default()), 3600).unwrap()
 }
 
 /// A hub over a fresh store with alice's membership of the room (see [`member`]); the

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::Notification;
@@ -51,14 +51,19 @@ enum Event {
     Login(Result<LoginOk, ConnCode>),
     Applied(u64, Result<Applied, EnvelopeError>),
     Router(Result<Option<Notification>, rumqttd::local::LinkError>),
-    Kicked,
+    Mail,
     Timer,
 }
 
-/// The router side of an open session.
+/// An open session's registration: its mailbox, and its router link once it uses plain topics.
 struct Bound {
     id: Identity,
     claim: Claim,
+    link: Option<Link>,
+}
+
+/// A session's own link to the rumqttd router, which matches and carries plain topics.
+struct Link {
     tx: LinkTx,
     rx: LinkRx,
 }
@@ -183,14 +188,15 @@ impl Driver {
             }
             let deadline = self.session.poll_timeout().map(Instant::from_std);
             let reading = self.session.wants_read();
-            let kicked = self.bound.as_ref().map(|b| b.claim.kicked.clone());
-            let (login, applies, bound) = (&mut self.login, &mut self.applies, &mut self.bound);
+            let mailbox = self.bound.as_ref().map(|b| b.claim.mailbox.clone());
+            let link = self.bound.as_mut().and_then(|b| b.link.as_mut());
+            let (login, applies) = (&mut self.login, &mut self.applies);
             let event = tokio::select! {
                 r = rd.read_buf(&mut rbuf), if reading => Event::Read(r),
                 r = async { login.as_mut().expect("guarded by the select condition").await }, if login.is_some() => Event::Login(r),
                 Some((t, r)) = applies.next(), if !applies.is_empty() => Event::Applied(t, r),
-                n = async { bound.as_mut().expect("guarded by the select condition").rx.next().await }, if bound.is_some() => Event::Router(n),
-                _ = async { kicked.as_ref().expect("guarded by the select condition").notified().await }, if kicked.is_some() => Event::Kicked,
+                n = async { link.expect("guarded by the select condition").rx.next().await }, if link.is_some() => Event::Router(n),
+                _ = async { mailbox.as_ref().expect("guarded by the select condition").wait().await }, if mailbox.is_some() => Event::Mail,
                 _ = sleep_until(deadline), if deadline.is_some() => Event::Timer,
             };
             match event {
@@ -208,7 +214,7 @@ impl Driver {
                 }
                 Event::Applied(ticket, r) => self.session.on_applied(ticket, r),
                 Event::Router(n) => self.on_notification(n).await,
-                Event::Kicked => self.session.on_taken_over(),
+                Event::Mail => self.on_mail(),
                 Event::Timer => self.session.on_timeout(Instant::now().into_std()),
             }
         }
@@ -242,23 +248,33 @@ impl Driver {
         }
     }
 
+    fn on_mail(&mut self) {
+        let Some(bound) = self.bound.as_ref() else { return };
+        let mail = bound.claim.mailbox.take();
+        if mail.kicked {
+            self.session.on_taken_over();
+            return;
+        }
+        if let Some(seq) = mail.wake {
+            self.session.on_wake(seq);
+        }
+        for down in mail.live {
+            self.session.on_live(down);
+        }
+    }
+
     async fn on_notification(&mut self, n: Result<Option<Notification>, rumqttd::local::LinkError>) {
         let Some(bound) = self.bound.as_mut() else { return };
+        let Some(link) = bound.link.as_mut() else { return };
         match n {
             Ok(Some(Notification::Forward(f))) => {
-                let topic = String::from_utf8_lossy(&f.publish.topic).into_owned();
-                let payload = f.publish.payload;
-                if topic == topic::wake_topic(&bound.id.user) {
-                    let seq = (payload.len() == 8).then(|| Bytes::clone(&payload).get_u64());
-                    self.session.on_wake(Seq(seq.unwrap_or(0)));
-                } else if topic.starts_with("_tern/l/") {
-                    self.session.on_live(payload);
-                } else if let Some(t) = topic::strip_namespace(&bound.id.user, &topic) {
-                    self.session.on_router_message(t.to_owned(), payload);
+                let topic = String::from_utf8_lossy(&f.publish.topic);
+                if let Some(t) = topic::strip_namespace(&bound.id.user, &topic) {
+                    self.session.on_router_message(t.to_owned(), f.publish.payload);
                 }
             }
             Ok(Some(Notification::Unschedule)) => {
-                let _ = bound.rx.wake().await;
+                let _ = link.rx.wake().await;
             }
             Ok(_) => {}
             Err(e) => {
@@ -319,38 +335,29 @@ impl Driver {
     // rumqttd's LinkError is large; it is built only on failure, so boxing buys nothing.
     #[allow(clippy::result_large_err)]
     fn with_link(&mut self, f: impl FnOnce(&mut LinkTx) -> Result<(), rumqttd::local::LinkError>) {
-        if let Some(b) = self.bound.as_mut() {
-            if let Err(e) = f(&mut b.tx) {
-                tracing::warn!(error = %e, "router refused a request");
+        let Some(b) = self.bound.as_mut() else { return };
+        if b.link.is_none() {
+            let link_id = Registry::link_id(&b.id, &b.claim);
+            // `Broker::link` waits on the router thread's reply with a blocking channel; it
+            // answers in microseconds, but a tokio worker must be told it is blocking.
+            match tokio::task::block_in_place(|| self.shared.broker.link(&link_id)) {
+                Ok((tx, rx)) => b.link = Some(Link { tx, rx }),
+                Err(e) => {
+                    tracing::error!(error = %e, "router refused a link; closing the session");
+                    self.session.on_transport_closed();
+                    return;
+                }
             }
+        }
+        let link = b.link.as_mut().expect("made just above when missing");
+        if let Err(e) = f(&mut link.tx) {
+            tracing::warn!(error = %e, "router refused a request");
         }
     }
 
     fn bind(&mut self, id: Identity) {
         let claim = self.shared.registry.claim(&id);
-        let link_id = Registry::link_id(&id, &claim);
-        // `Broker::link` waits on the router thread's reply with a blocking channel; it answers
-        // in microseconds, but a tokio worker must be told it is blocking.
-        let link = tokio::task::block_in_place(|| self.shared.broker.link(&link_id));
-        let (mut tx, rx) = match link {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "router refused a link; closing the session");
-                self.shared.registry.release(&id, &claim);
-                self.session.on_transport_closed();
-                return;
-            }
-        };
-        for filter in [
-            topic::wake_topic(&id.user),
-            topic::live_topic(&id.user),
-            topic::device_live_topic(&id.user, &id.device),
-        ] {
-            if let Err(e) = tx.subscribe(filter) {
-                tracing::error!(error = %e, "router subscribe failed");
-            }
-        }
-        // Entries made durable between the login read and these subscriptions woke nobody.
+        // Entries made durable between the login read and the claim woke nobody.
         if let Ok(durable) = self.shared.hub.store().inbox.durable(&id.user) {
             self.session.on_wake(durable);
         }
@@ -358,7 +365,7 @@ impl Driver {
             self.session.on_live(presence);
         }
         tracing::debug!(user = %id.user, device = %id.device, "session started");
-        self.bound = Some(Bound { id, claim, tx, rx });
+        self.bound = Some(Bound { id, claim, link: None });
     }
 
     fn save_cursor(&mut self) {
@@ -374,13 +381,13 @@ impl Driver {
         if self.shared.registry.release(&b.id, &b.claim) {
             self.shared.hub.device_offline(&b.id);
         }
-        let mut tx = b.tx;
+        let Some(mut link) = b.link else { return };
         let disconnect = rumqttd::protocol::Disconnect {
             reason_code: rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,
         };
         // Tells the router to drop the link now rather than when it next fails to reach it.
         let _ = futures_util::FutureExt::now_or_never(
-            tx.send(rumqttd::protocol::Packet::Disconnect(disconnect, None)),
+            link.tx.send(rumqttd::protocol::Packet::Disconnect(disconnect, None)),
         );
     }
 }
