@@ -5,7 +5,7 @@
 //! load one write must serve many writers. The committer thread takes every waiter queued so
 //! far, writes all buffered journal records with one `write(2)`, syncs as [`SyncPolicy`] says,
 //! and releases them all; writes made after that started wait for the next round. sled itself
-//! is flushed only at checkpoints, off this path (see `journal.rs`).
+//! is written and flushed only at checkpoints, off this path (see `memtable.rs`).
 //!
 //! The committer, not the writers, moves the inbox's durable marks and announces them: a writer
 //! whose connection vanished mid-commit must not leave an entry on disk that no session will
@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 
 use super::inbox::Inbox;
 use super::journal::{self, ActiveFile, Journal};
+use super::memtable::Layer;
 use super::StoreError;
 use crate::config::SyncPolicy;
 use crate::ids::{Seq, UserName};
@@ -213,15 +214,16 @@ impl Run {
         if let Some(s) = &self.syncer {
             s.switch(&self.file);
         }
-        // Everything in the old files was applied to sled before it was buffered, so one sled
-        // flush that starts now makes them all redundant.
+        // Everything in the old files was applied to the memtable before it was buffered, so
+        // the layer frozen now, once in sled and flushed, makes them all redundant.
         self.checkpointing.store(true, Ordering::Release);
-        let (db, dir, flag, upto) =
-            (self.journal.db().clone(), self.dir.clone(), self.checkpointing.clone(), old.index);
+        let frozen = self.journal.freeze();
+        let (journal, dir, flag, upto) =
+            (self.journal.clone(), self.dir.clone(), self.checkpointing.clone(), old.index);
         drop(old);
         let spawned = std::thread::Builder::new().name("tern-checkpoint".into()).spawn(move || {
             let started = Instant::now();
-            match checkpoint(&db, &dir, upto) {
+            match checkpoint(&journal, frozen.as_deref(), &dir, upto) {
                 Ok(n) => tracing::debug!(files = n, "journal checkpoint"),
                 Err(e) => tracing::error!(error = %e, "journal checkpoint failed; will retry"),
             }
@@ -234,9 +236,15 @@ impl Run {
     }
 }
 
-/// Flushes sled, then deletes journal files up to and including `upto`.
-pub fn checkpoint(db: &sled::Db, dir: &std::path::Path, upto: u64) -> Result<usize, StoreError> {
-    db.flush()?;
+/// Writes the `frozen` layer to sled and flushes it, then deletes journal files up to and
+/// including `upto`.
+pub fn checkpoint(
+    journal: &Journal,
+    frozen: Option<&Layer>,
+    dir: &std::path::Path,
+    upto: u64,
+) -> Result<usize, StoreError> {
+    journal.checkpoint(frozen)?;
     let mut n = 0;
     for (index, path) in journal::files(dir)? {
         if index <= upto {

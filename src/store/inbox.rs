@@ -6,13 +6,15 @@
 //! an entry that a crash could take back.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::ops::Bound;
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use prost::Message;
 use tern_schemas::v1;
 
-use super::journal::{Batch, Journal};
+use super::journal::Batch;
+use super::table::Table;
 use super::{keys, StoreError};
 use crate::ids::{DeviceId, MsgId, Seq, UserName};
 
@@ -79,8 +81,7 @@ struct Marks {
 
 /// The inbox over the `data` tree.
 pub struct Inbox {
-    tree: sled::Tree,
-    journal: Arc<Journal>,
+    tree: Table,
     /// Highest entry per user appended since the last flush began.
     pending: Mutex<HashMap<UserName, Seq>>,
     // One lock for all appends: the critical section is a few microseconds of in-memory work
@@ -90,13 +91,13 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    /// Wraps the `data` tree; writes go through `journal`.
-    pub fn new(tree: sled::Tree, journal: Arc<Journal>) -> Inbox {
-        Inbox { tree, journal, pending: Mutex::new(HashMap::new()), marks: Mutex::new(HashMap::new()) }
+    /// Wraps the `data` table.
+    pub fn new(tree: Table) -> Inbox {
+        Inbox { tree, pending: Mutex::new(HashMap::new()), marks: Mutex::new(HashMap::new()) }
     }
 
     fn load_marks(&self, user: &UserName) -> Result<Marks, StoreError> {
-        let recorded = match self.tree.get(keys::prefix(LAST_SEQ, user))? {
+        let recorded = match self.tree.get(&keys::prefix(LAST_SEQ, user))? {
             Some(v) => {
                 u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt("inbox seq"))?)
             }
@@ -104,8 +105,8 @@ impl Inbox {
         };
         // The newest entry is never pruned, so the highest key is the last number handed out
         // that anyone could have seen (an entry lost before its flush was never readable).
-        let newest = match self.tree.scan_prefix(keys::prefix(keys::INBOX, user)).next_back() {
-            Some(item) => keys::seq_of(&item?.0).ok_or(StoreError::Corrupt("inbox key"))?.0,
+        let newest = match self.tree.last_with_prefix(&keys::prefix(keys::INBOX, user))? {
+            Some((k, _)) => keys::seq_of(&k).ok_or(StoreError::Corrupt("inbox key"))?.0,
             None => 0,
         };
         let last = recorded.max(newest);
@@ -163,7 +164,7 @@ impl Inbox {
                 None => bumped.push((d.user, m)),
             }
         }
-        self.journal.commit(&batch)?;
+        self.tree.commit(batch)?;
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             for (user, m) in &bumped {
@@ -226,7 +227,7 @@ impl Inbox {
         let from = keys::inbox(user, after.next());
         let to = keys::inbox(user, upto.next());
         let mut out = Vec::new();
-        for item in self.tree.range(from..to).take(limit) {
+        for item in self.tree.range((Bound::Included(from), Bound::Excluded(to))).take(limit) {
             let (k, v) = item?;
             let seq = keys::seq_of(&k).ok_or(StoreError::Corrupt("inbox key"))?;
             out.push(decode_entry(seq, &v)?);
@@ -237,7 +238,7 @@ impl Inbox {
     /// The last entry `device` of `user` acknowledged.
     pub fn cursor(&self, user: &UserName, device: &DeviceId) -> Result<Option<Seq>, StoreError> {
         let key = keys::key(keys::CURSOR, user, device.as_str().as_bytes());
-        match self.tree.get(key)? {
+        match self.tree.get(&key)? {
             None => Ok(None),
             Some(v) => Ok(Some(Seq(u64::from_be_bytes(
                 v.as_ref().try_into().map_err(|_| StoreError::Corrupt("cursor"))?,
@@ -245,18 +246,23 @@ impl Inbox {
         }
     }
 
-    /// Records that `device` acknowledged up to `seq`. Not flushed: losing it only means a resend.
+    /// Records that `device` acknowledged up to `seq`. Journaled (so that it stays behind an
+    /// account purge on replay) but nobody waits for it: losing it only means a resend.
     pub fn set_cursor(&self, user: &UserName, device: &DeviceId, seq: Seq) -> Result<(), StoreError> {
-        let key = keys::key(keys::CURSOR, user, device.as_str().as_bytes());
-        self.tree.insert(key, &seq.0.to_be_bytes())?;
-        Ok(())
+        let mut batch = Batch::default();
+        batch.insert(
+            keys::DATA,
+            keys::key(keys::CURSOR, user, device.as_str().as_bytes()),
+            seq.0.to_be_bytes(),
+        );
+        self.tree.commit(batch)
     }
 
     /// Applies retention to every user: acknowledged by all devices, over the count, or too old.
     pub fn prune(&self, now_ms: u64, rules: Retention) -> Result<Pruned, StoreError> {
         let mut pruned = Pruned::default();
         let mut users: Vec<UserName> = Vec::new();
-        for k in self.tree.scan_prefix([LAST_SEQ]).keys() {
+        for k in self.tree.scan_prefix(&[LAST_SEQ]).keys() {
             if let Some(u) = keys::user_of(&k?) {
                 users.push(u);
             }
@@ -266,24 +272,24 @@ impl Inbox {
         }
         let cutoff = now_ms.saturating_sub(rules.dedupe_ms);
         let mut batch = Batch::default();
-        for item in self.tree.scan_prefix([keys::DEDUPE]) {
+        for item in self.tree.scan_prefix(&[keys::DEDUPE]) {
             let (k, v) = item?;
             let ts = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
             if ts < cutoff {
-                batch.remove(keys::DATA, k.to_vec());
+                batch.remove(keys::DATA, k);
                 pruned.dedupe += 1;
             }
         }
         // Journaled like appends, so that a replay after a crash cannot bring pruned records back
         // in front of later writes.
-        self.journal.commit(&batch)?;
+        self.tree.commit(batch)?;
         metrics::gauge!("tern_inbox_depth").decrement(pruned.entries as f64);
         Ok(pruned)
     }
 
     fn prune_user(&self, user: &UserName, now_ms: u64, rules: Retention) -> Result<u64, StoreError> {
         let mut acked_by_all: Option<u64> = None;
-        for v in self.tree.scan_prefix(keys::prefix(keys::CURSOR, user)).values() {
+        for v in self.tree.scan_prefix(&keys::prefix(keys::CURSOR, user)).values() {
             let v = v?;
             let seq = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
             acked_by_all = Some(acked_by_all.map_or(seq, |m: u64| m.min(seq)));
@@ -293,7 +299,7 @@ impl Inbox {
         let age_cutoff = now_ms.saturating_sub(rules.max_age_ms);
         let mut batch = Batch::default();
         let mut n = 0;
-        for item in self.tree.scan_prefix(keys::prefix(keys::INBOX, user)) {
+        for item in self.tree.scan_prefix(&keys::prefix(keys::INBOX, user)) {
             let (k, v) = item?;
             let seq = keys::seq_of(&k).ok_or(StoreError::Corrupt("inbox key"))?.0;
             let ts = decode_entry(Seq(seq), &v)?.ts_ms;
@@ -302,16 +308,16 @@ impl Inbox {
             if !expired || seq >= last {
                 break;
             }
-            batch.remove(keys::DATA, k.to_vec());
+            batch.remove(keys::DATA, k);
             n += 1;
         }
-        self.journal.commit(&batch)?;
+        self.tree.commit(batch)?;
         Ok(n)
     }
 
     /// Number of retained entries over all users (a full scan: for start-up and tests).
     pub fn count_all(&self) -> usize {
-        self.tree.scan_prefix([keys::INBOX]).count()
+        self.tree.scan_prefix(&[keys::INBOX]).count()
     }
 }
 

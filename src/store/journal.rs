@@ -2,13 +2,14 @@
 //! sled flush.
 //!
 //! Every write that is acknowledged only once durable is a [`Batch`]. [`Journal::commit`]
-//! applies it to sled in memory and appends it, as one record, to an in-memory buffer, both
-//! under one lock, so journal order is apply order. The committer (`commit.rs`) writes the
+//! applies it to the memtable (`memtable.rs`; offline, to sled in memory) and appends it, as one
+//! record, to an in-memory buffer, both under one lock, so journal order is apply order. The committer (`commit.rs`) writes the
 //! buffer out with one `write(2)` per group commit and syncs it as the policy says.
 //!
 //! Files are `journal/<index>.wal`, a sequence of records `[len u32][crc32c u32][payload]`
 //! (little-endian; the checksum covers the payload). A checkpoint rotates to a new file,
-//! flushes sled, then deletes the older files. [`recover`] replays every file in order at
+//! freezes the memtable, writes the frozen layer to sled, flushes sled, then deletes the older
+//! files. [`recover`] replays every file in order at
 //! start-up: records are whole key/value puts and removes, so replaying one that sled already
 //! holds changes nothing. A torn record can only be the tail of the last file (a crash
 //! mid-write); anywhere else it is corruption and recovery refuses to go on.
@@ -17,8 +18,9 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use super::memtable::{Layer, Memtable};
 use super::StoreError;
 
 const HEADER: usize = 8;
@@ -278,6 +280,8 @@ pub fn recover(db: &sled::Db, dir: &Path) -> Result<(u64, usize), StoreError> {
 /// them out.
 pub struct Journal {
     db: sled::Db,
+    /// Where committed changes wait for a checkpoint; without one they go straight to sled.
+    memtable: Option<Memtable>,
     state: Mutex<Buffered>,
 }
 
@@ -287,9 +291,19 @@ struct Buffered {
 }
 
 impl Journal {
-    /// A journal over `db` with nothing buffered.
+    /// A journal that applies each batch to sled as it commits it: for offline administration,
+    /// where nothing checkpoints and the caller flushes sled.
     pub fn new(db: sled::Db) -> Journal {
-        Journal { db, state: Mutex::new(Buffered { bytes: Vec::new(), trees: HashMap::new() }) }
+        Journal::build(db, None)
+    }
+
+    /// A journal that keeps committed changes in a memtable until a checkpoint (the daemon's).
+    pub fn with_memtable(db: sled::Db) -> Journal {
+        Journal::build(db, Some(Memtable::default()))
+    }
+
+    fn build(db: sled::Db, memtable: Option<Memtable>) -> Journal {
+        Journal { db, memtable, state: Mutex::new(Buffered { bytes: Vec::new(), trees: HashMap::new() }) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Buffered> {
@@ -298,16 +312,60 @@ impl Journal {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies `batch` to sled (in memory) and buffers its record, in one critical section.
-    /// Durable once the committer's next write (and sync) covering it completes.
-    pub fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+    /// Applies `batch` (to the memtable, or to sled in memory) and buffers its record, in one
+    /// critical section. Durable once the committer's next write (and sync) covering it completes.
+    pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
+        if let Some(memtable) = &self.memtable {
+            memtable.wait_for_room();
+        }
         let mut state = self.lock();
         let Buffered { bytes, trees } = &mut *state;
-        apply(&self.db, trees, batch)?;
-        batch.encode_record(bytes);
+        match &self.memtable {
+            Some(memtable) => {
+                batch.encode_record(bytes);
+                memtable.apply(batch.ops);
+            }
+            None => {
+                apply(&self.db, trees, &batch)?;
+                batch.encode_record(bytes);
+            }
+        }
+        Ok(())
+    }
+
+    /// The memtable reads must look in first, if this journal has one.
+    pub fn memtable(&self) -> Option<&Memtable> {
+        self.memtable.as_ref()
+    }
+
+    /// Freezes the memtable for a checkpoint: called as the journal rotates, so that every
+    /// record in the files left behind is in the frozen layer (or already in sled).
+    pub fn freeze(&self) -> Option<Arc<Layer>> {
+        self.memtable.as_ref().map(Memtable::freeze)
+    }
+
+    /// Writes a frozen layer to sled (one batch per tree) and flushes sled; after that the
+    /// journal files it covered may go.
+    pub fn checkpoint(&self, frozen: Option<&Layer>) -> Result<(), StoreError> {
+        if let Some(layer) = frozen {
+            for (name, changes) in layer.trees() {
+                let mut batch = sled::Batch::default();
+                for (key, value) in changes {
+                    match value {
+                        Some(v) => batch.insert(key.as_slice(), v.as_ref()),
+                        None => batch.remove(key.as_slice()),
+                    }
+                }
+                self.db.open_tree(name)?.apply_batch(batch)?;
+            }
+        }
+        self.db.flush()?;
+        if let (Some(memtable), Some(_)) = (&self.memtable, frozen) {
+            memtable.checkpointed();
+        }
         Ok(())
     }
 

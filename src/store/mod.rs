@@ -2,14 +2,17 @@
 //!
 //! Inbox entries, dedupe records, cursors and rosters share one tree so that each change is a
 //! single atomic `apply_batch`; keys start with a one-byte kind, then the user name, then NUL.
-//! Writes that are acknowledged go through the journal (`journal.rs`) first.
+//! Writes go through the journal (`journal.rs`) and wait in its memtable (`memtable.rs`) for a
+//! checkpoint to put them into sled; reads merge the two (`table.rs`).
 
 pub mod commit;
 pub mod inbox;
 pub mod journal;
 pub mod keys;
+pub mod memtable;
 pub mod rooms;
 pub mod roster;
+pub mod table;
 pub mod users;
 
 use std::path::Path;
@@ -56,15 +59,15 @@ impl Store {
     /// Opens (or creates) the store under `dir`, replaying the journal a crash left behind.
     pub fn open(dir: &Path, durability: Durability) -> Result<Store, StoreError> {
         let (db, next) = open_recovered(dir)?;
-        let journal = Arc::new(journal::Journal::new(db.clone()));
-        let data = db.open_tree(keys::DATA)?;
-        let inbox = Arc::new(Inbox::new(data.clone(), journal.clone()));
+        let journal = Arc::new(journal::Journal::with_memtable(db.clone()));
+        let data = table::Table::open(&journal, keys::DATA)?;
+        let inbox = Arc::new(Inbox::new(data.clone()));
         Ok(Store {
             users: Users::open_journaled(&db, journal.clone())?,
             committer: Committer::spawn(journal.clone(), journal_dir(dir), next, inbox.clone(), durability)?,
             inbox,
             rooms: Rooms::open(journal.clone())?,
-            rosters: Rosters::new(data, journal),
+            rosters: Rosters::new(data),
             db,
         })
     }

@@ -7,6 +7,7 @@ use prost::Message;
 use std::sync::Arc;
 
 use super::journal::{Batch, Journal};
+use super::table::Table;
 use super::StoreError;
 use crate::ids::UserName;
 
@@ -68,8 +69,7 @@ pub const ROOMS: &str = "rooms";
 /// the phone was told about survives a crash like its inbox does.
 #[derive(Clone)]
 pub struct Rooms {
-    tree: sled::Tree,
-    journal: Arc<Journal>,
+    tree: Table,
 }
 
 fn key(user: &UserName, room: &str) -> Vec<u8> {
@@ -80,26 +80,26 @@ impl Rooms {
     /// The rooms tree of `journal`'s database, written through `journal`. Without the daemon
     /// (offline admin) nothing writes the journal out: the caller flushes sled instead.
     pub fn open(journal: Arc<Journal>) -> Result<Rooms, StoreError> {
-        Ok(Rooms { tree: journal.db().open_tree(ROOMS)?, journal })
+        Ok(Rooms { tree: Table::open(&journal, ROOMS)? })
     }
 
     /// Records (or replaces) `user`'s membership of `room` (a bare JID string).
     pub fn put(&self, user: &UserName, room: &str, record: &RoomRecord) -> Result<(), StoreError> {
         let mut batch = Batch::default();
         batch.insert(ROOMS, key(user, room), record.encode_to_vec());
-        self.journal.commit(&batch)
+        self.tree.commit(batch)
     }
 
     /// `user`'s record for `room`.
     pub fn get(&self, user: &UserName, room: &str) -> Result<Option<RoomRecord>, StoreError> {
-        self.tree.get(key(user, room))?.map(|v| decode(&v)).transpose()
+        self.tree.get(&key(user, room))?.map(|v| decode(&v)).transpose()
     }
 
     /// Forgets `user`'s membership of `room`.
     pub fn remove(&self, user: &UserName, room: &str) -> Result<(), StoreError> {
         let mut batch = Batch::default();
         batch.remove(ROOMS, key(user, room));
-        self.journal.commit(&batch)
+        self.tree.commit(batch)
     }
 
     /// Forgets every membership of `user` (the account was deleted); the rooms it was in.
@@ -110,9 +110,9 @@ impl Rooms {
         for k in self.tree.scan_prefix(&prefix).keys() {
             let k = k?;
             rooms.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
-            batch.remove(ROOMS, k.to_vec());
+            batch.remove(ROOMS, k);
         }
-        self.journal.commit(&batch)?;
+        self.tree.commit(batch)?;
         Ok(rooms)
     }
 

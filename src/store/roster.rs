@@ -3,9 +3,8 @@
 use prost::Message;
 use tern_schemas::v1::{self, roster_item::Sub};
 
-use std::sync::Arc;
-
-use super::journal::{Batch, Journal};
+use super::journal::Batch;
+use super::table::Table;
 use super::{keys, StoreError};
 use crate::core::subscription::SubState;
 use crate::ids::UserName;
@@ -67,19 +66,18 @@ impl ContactRecord {
 /// Rosters over the `data` tree.
 #[derive(Clone)]
 pub struct Rosters {
-    tree: sled::Tree,
-    journal: Arc<Journal>,
+    tree: Table,
 }
 
 impl Rosters {
-    /// Wraps the `data` tree; writes go through `journal`.
-    pub fn new(tree: sled::Tree, journal: Arc<Journal>) -> Rosters {
-        Rosters { tree, journal }
+    /// Wraps the `data` table.
+    pub fn new(tree: Table) -> Rosters {
+        Rosters { tree }
     }
 
     /// The record of `contact` (a bare JID string) in `user`'s roster.
     pub fn get(&self, user: &UserName, contact: &str) -> Result<Option<ContactRecord>, StoreError> {
-        match self.tree.get(keys::key(keys::ROSTER, user, contact.as_bytes()))? {
+        match self.tree.get(&keys::key(keys::ROSTER, user, contact.as_bytes()))? {
             None => Ok(None),
             Some(v) => ContactRecord::decode(&*v).map(Some).map_err(|_| StoreError::Corrupt("roster")),
         }
@@ -87,7 +85,7 @@ impl Rosters {
 
     /// The current roster version of `user`.
     pub fn version(&self, user: &UserName) -> Result<u64, StoreError> {
-        match self.tree.get(keys::prefix(keys::ROSTER_VER, user))? {
+        match self.tree.get(&keys::prefix(keys::ROSTER_VER, user))? {
             None => Ok(0),
             Some(v) => {
                 Ok(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt("roster ver"))?))
@@ -114,7 +112,7 @@ impl Rosters {
             None
         };
         batch.insert(keys::DATA, keys::key(keys::ROSTER, user, contact.as_bytes()), record.encode_to_vec());
-        self.journal.commit(&batch)?;
+        self.tree.commit(batch)?;
         Ok(ver)
     }
 
@@ -146,11 +144,13 @@ impl Rosters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::journal::Journal;
+    use std::sync::Arc;
 
     #[test]
     fn versions_give_deltas_with_removals() {
         let db = sled::Config::new().temporary(true).open().unwrap();
-        let r = Rosters::new(db.open_tree(keys::DATA).unwrap(), Arc::new(Journal::new(db.clone())));
+        let r = Rosters::new(Table::open(&Arc::new(Journal::new(db.clone())), keys::DATA).unwrap());
         let u = UserName::parse("alice").unwrap();
         let listed = ContactRecord { listed: true, name: "Bob".into(), ..Default::default() };
         assert_eq!(r.put(&u, "bob@x", listed.clone(), true).unwrap(), Some(1));
@@ -173,7 +173,7 @@ mod tests {
     #[test]
     fn pending_in_alone_is_not_on_the_roster() {
         let db = sled::Config::new().temporary(true).open().unwrap();
-        let r = Rosters::new(db.open_tree(keys::DATA).unwrap(), Arc::new(Journal::new(db.clone())));
+        let r = Rosters::new(Table::open(&Arc::new(Journal::new(db.clone())), keys::DATA).unwrap());
         let u = UserName::parse("alice").unwrap();
         r.put(&u, "eve@x", ContactRecord { pending_in: true, ..Default::default() }, false).unwrap();
         assert!(r.answer(&u, 0).unwrap().items.is_empty());

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use prost::Message;
 
 use super::journal::{Batch, Journal};
+use super::table::Table;
 use super::{keys, StoreError};
 use crate::ids::UserName;
 
@@ -24,8 +25,7 @@ pub struct UserRecord {
 pub struct Users {
     tree: sled::Tree,
     meta: sled::Tree,
-    data: sled::Tree,
-    journal: Arc<Journal>,
+    data: Table,
 }
 
 impl Users {
@@ -38,8 +38,9 @@ impl Users {
     /// Like [`Users::open`], purging through the daemon's journal so that a replay after a crash
     /// keeps earlier writes in front of the purge.
     pub fn open_journaled(db: &sled::Db, journal: Arc<Journal>) -> Result<Users, StoreError> {
-        let (tree, meta, data) = (db.open_tree("users")?, db.open_tree("meta")?, db.open_tree(keys::DATA)?);
-        Ok(Users { tree, meta, data, journal })
+        let (tree, meta, data) =
+            (db.open_tree("users")?, db.open_tree("meta")?, Table::open(&journal, keys::DATA)?);
+        Ok(Users { tree, meta, data })
     }
 
     /// The stored record of `user`, if any.
@@ -83,11 +84,11 @@ impl Users {
         let mut batch = Batch::default();
         for kind in [keys::INBOX, keys::CURSOR, keys::DEDUPE, keys::ROSTER, keys::ROSTER_VER, keys::LAST_SEQ]
         {
-            for k in self.data.scan_prefix(keys::prefix(kind, user)).keys() {
-                batch.remove(keys::DATA, k?.to_vec());
+            for k in self.data.scan_prefix(&keys::prefix(kind, user)).keys() {
+                batch.remove(keys::DATA, k?);
             }
         }
-        self.journal.commit(&batch)?;
+        self.data.commit(batch)?;
         self.tree.flush()?;
         Ok(removed)
     }

@@ -113,7 +113,7 @@ async fn a_crash_between_rotation_and_checkpoint_is_recovered_from_both_files() 
         let scratch = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(scratch.path()).open().unwrap();
         let j = Arc::new(journal::Journal::new(db.clone()));
-        let inbox = Inbox::new(db.open_tree(keys::DATA).unwrap(), j.clone());
+        let inbox = Inbox::new(crate::store::table::Table::open(&j, keys::DATA).unwrap());
         for (index, id) in [(7, "a"), (8, "b")] {
             inbox.append(None, 1, vec![to_bob(id)]).unwrap();
             std::fs::write(journal::file_path(&jdir, index), j.take_buffered(Vec::new())).unwrap();

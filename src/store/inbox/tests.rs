@@ -1,14 +1,19 @@
 use super::*;
+use crate::store::journal::Journal;
+use std::sync::Arc;
 
 fn open() -> (tempfile::TempDir, Inbox) {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::Config::new().path(dir.path()).temporary(true).open().unwrap();
-    (dir, over(&db))
+    // The daemon's arrangement: writes stay in the memtable, reads merge it over sled.
+    let journal = Arc::new(Journal::with_memtable(db));
+    (dir, Inbox::new(Table::open(&journal, keys::DATA).unwrap()))
 }
 
-/// An inbox on `db` whose journal is never written (these tests flush sled themselves).
+/// An inbox on `db` whose journal applies to sled and is never written (these tests flush
+/// sled themselves).
 fn over(db: &sled::Db) -> Inbox {
-    Inbox::new(db.open_tree(keys::DATA).unwrap(), Arc::new(Journal::new(db.clone())))
+    Inbox::new(Table::open(&Arc::new(Journal::new(db.clone())), keys::DATA).unwrap())
 }
 
 fn user(s: &str) -> UserName {

@@ -94,15 +94,35 @@ fn commit_applies_in_memory_and_buffers_one_record() {
     let dir = tempfile::tempdir().unwrap();
     let db = db_in(dir.path());
     let j = Journal::new(db.clone());
-    j.commit(&batch(7)).unwrap();
+    j.commit(batch(7)).unwrap();
     assert_eq!(get(&db, "data", &[b'k', 7]), Some(vec![7; 3]));
     let bytes = j.take_buffered(Vec::new());
     assert_eq!(read_records(&bytes), (vec![batch(7)], Tail::Clean));
     assert!(!j.has_buffered());
     j.restore_buffered(bytes.clone());
-    j.commit(&batch(8)).unwrap();
+    j.commit(batch(8)).unwrap();
     let again = j.take_buffered(Vec::new());
     assert_eq!(read_records(&again).0, vec![batch(7), batch(8)]);
+}
+
+#[test]
+fn with_a_memtable_sled_sees_commits_only_at_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(dir.path());
+    let j = Journal::with_memtable(db.clone());
+    j.commit(batch(1)).unwrap();
+    assert_eq!(get(&db, "data", &[b'k', 1]), None);
+    let frozen = j.freeze();
+    // Written after the freeze: stays in the memtable, out of this checkpoint.
+    j.commit(batch(2)).unwrap();
+    j.checkpoint(frozen.as_deref()).unwrap();
+    assert_eq!(get(&db, "data", &[b'k', 1]), Some(vec![1; 3]));
+    assert_eq!(get(&db, "data", &[b'k', 2]), None);
+    let m = j.memtable().unwrap();
+    assert_eq!(m.lookup("data", &[b'k', 1]), crate::store::memtable::Lookup::Unchanged);
+    assert_eq!(m.active_len(), 3);
+    let both = read_records(&j.take_buffered(Vec::new())).0;
+    assert_eq!(both, vec![batch(1), batch(2)]);
 }
 
 #[test]

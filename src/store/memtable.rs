@@ -1,0 +1,302 @@
+//! Journaled changes held in memory until a checkpoint writes them to sled in one batch per tree.
+//!
+//! The journal is the log of every acknowledged write, so sled need not see each write as it
+//! happens: applying them one by one cost more CPU than everything else on the message path
+//! (sled's page cache, its own log, its IO threads). Writes land in the *active* layer. A
+//! checkpoint *freezes* it (the journal rotates at the same moment), applies the frozen layer to
+//! sled, flushes sled, then drops the layer and the journal files it covered. Readers look in
+//! the active layer, then the frozen one, then sled (see `table.rs`).
+//!
+//! A layer maps each key to its newest value, or to `None` when the newest change removed it,
+//! so that a removal hides what sled still holds until the checkpoint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+
+use super::journal::Op;
+
+/// Keys the active layer may hold while a checkpoint is still writing the frozen one; past
+/// this, writers wait for the checkpoint, so that a sustained load sled cannot absorb as fast
+/// as it arrives slows down instead of growing memory without bound.
+pub const MAX_ACTIVE_KEYS: usize = 512 * 1024;
+
+/// The newest change per key of one tree: a value, or `None` for a removal.
+pub type Changes = BTreeMap<Vec<u8>, Option<Bytes>>;
+
+/// The newest change per key of every tree written since a point in the journal.
+#[derive(Debug, Default)]
+pub struct Layer {
+    trees: HashMap<String, Changes>,
+}
+
+impl Layer {
+    /// The changes of each tree.
+    pub fn trees(&self) -> impl Iterator<Item = (&str, &Changes)> {
+        self.trees.iter().map(|(name, changes)| (name.as_str(), changes))
+    }
+
+    /// Number of keys changed, over all trees.
+    pub fn len(&self) -> usize {
+        self.trees.values().map(BTreeMap::len).sum()
+    }
+
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.trees.values().all(BTreeMap::is_empty)
+    }
+
+    fn apply(&mut self, op: Op) {
+        let (tree, key, value) = match op {
+            Op::Insert { tree, key, value } => (tree, key, Some(Bytes::from(value))),
+            Op::Remove { tree, key } => (tree, key, None),
+        };
+        match self.trees.get_mut(&tree) {
+            Some(changes) => {
+                changes.insert(key, value);
+            }
+            None => {
+                self.trees.entry(tree).or_default().insert(key, value);
+            }
+        }
+    }
+
+    /// Puts `newer`'s changes over these.
+    fn absorb(&mut self, newer: Layer) {
+        for (tree, changes) in newer.trees {
+            self.trees.entry(tree).or_default().extend(changes);
+        }
+    }
+}
+
+/// What the layers say about one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Its newest value.
+    Value(Bytes),
+    /// Removed since the last checkpoint.
+    Removed,
+    /// Not changed since the last checkpoint: sled has its newest value, if any.
+    Unchanged,
+}
+
+#[derive(Debug, Default)]
+struct Layers {
+    active: Layer,
+    frozen: Option<Arc<Layer>>,
+}
+
+/// The active layer, and the frozen one a checkpoint is writing to sled.
+#[derive(Debug, Default)]
+pub struct Memtable {
+    layers: RwLock<Layers>,
+}
+
+impl Memtable {
+    fn read(&self) -> RwLockReadGuard<'_, Layers> {
+        // Every change to the layers is a whole insert or swap, so a panic elsewhere while the
+        // lock was held cannot leave them half-updated.
+        self.layers.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Layers> {
+        // As in `read`.
+        self.layers.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns once the active layer has room: at once unless it is over [`MAX_ACTIVE_KEYS`]
+    /// while a checkpoint runs.
+    pub fn wait_for_room(&self) {
+        let mut stalled = false;
+        loop {
+            {
+                let layers = self.read();
+                if layers.frozen.is_none() || layers.active.len() < MAX_ACTIVE_KEYS {
+                    break;
+                }
+            }
+            stalled = true;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if stalled {
+            metrics::counter!("tern_store_memtable_stalls_total").increment(1);
+        }
+    }
+
+    /// Applies `ops`, in order, to the active layer.
+    pub fn apply(&self, ops: Vec<Op>) {
+        let mut layers = self.write();
+        for op in ops {
+            layers.active.apply(op);
+        }
+    }
+
+    /// The newest change to `key` of `tree`.
+    pub fn lookup(&self, tree: &str, key: &[u8]) -> Lookup {
+        let layers = self.read();
+        let newest = layers
+            .active
+            .trees
+            .get(tree)
+            .and_then(|c| c.get(key))
+            .or_else(|| layers.frozen.as_ref()?.trees.get(tree)?.get(key));
+        match newest {
+            Some(Some(v)) => Lookup::Value(v.clone()),
+            Some(None) => Lookup::Removed,
+            None => Lookup::Unchanged,
+        }
+    }
+
+    /// A copy of the changes to `tree` within `range`, newest layer winning, in key order.
+    pub fn changes_in(
+        &self,
+        tree: &str,
+        range: &(Bound<Vec<u8>>, Bound<Vec<u8>>),
+    ) -> Vec<(Vec<u8>, Option<Bytes>)> {
+        if !is_valid(range) {
+            return Vec::new();
+        }
+        let layers = self.read();
+        let active = layers.active.trees.get(tree);
+        let frozen = layers.frozen.as_ref().and_then(|f| f.trees.get(tree));
+        match (frozen, active) {
+            (None, None) => Vec::new(),
+            (Some(one), None) | (None, Some(one)) => {
+                one.range(range.clone()).map(|(k, v)| (k.clone(), v.clone())).collect()
+            }
+            (Some(older), Some(newer)) => {
+                let mut merged: BTreeMap<&Vec<u8>, &Option<Bytes>> = older.range(range.clone()).collect();
+                merged.extend(newer.range(range.clone()));
+                merged.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+            }
+        }
+    }
+
+    /// Moves the active layer into the frozen one, which a checkpoint then writes to sled.
+    /// A frozen layer left by a failed checkpoint takes the newer changes over its own.
+    pub fn freeze(&self) -> Arc<Layer> {
+        let mut layers = self.write();
+        let active = std::mem::take(&mut layers.active);
+        let frozen = match layers.frozen.take() {
+            None => active,
+            Some(older) => {
+                // The failed checkpoint's thread is gone, so this is the only handle left.
+                let mut older = Arc::try_unwrap(older).unwrap_or_else(|shared| clone_layer(&shared));
+                older.absorb(active);
+                older
+            }
+        };
+        let frozen = Arc::new(frozen);
+        layers.frozen = Some(frozen.clone());
+        metrics::gauge!("tern_store_memtable_keys").set(frozen.len() as f64);
+        frozen
+    }
+
+    /// Drops the frozen layer once sled holds all of it.
+    pub fn checkpointed(&self) {
+        self.write().frozen = None;
+    }
+
+    /// Keys changed in the active layer.
+    pub fn active_len(&self) -> usize {
+        self.read().active.len()
+    }
+}
+
+fn clone_layer(layer: &Layer) -> Layer {
+    Layer { trees: layer.trees.clone() }
+}
+
+/// False for bounds `BTreeMap::range` would panic on (start after end, or both excluded at
+/// the same key).
+pub fn is_valid(range: &(Bound<Vec<u8>>, Bound<Vec<u8>>)) -> bool {
+    use Bound::*;
+    match range {
+        (Included(s), Included(e)) => s <= e,
+        (Included(s), Excluded(e)) | (Excluded(s), Included(e)) => s <= e,
+        (Excluded(s), Excluded(e)) => s < e,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &[u8], value: &[u8]) -> Op {
+        Op::Insert { tree: "t".into(), key: key.to_vec(), value: value.to_vec() }
+    }
+
+    fn del(key: &[u8]) -> Op {
+        Op::Remove { tree: "t".into(), key: key.to_vec() }
+    }
+
+    fn all(m: &Memtable) -> Vec<(Vec<u8>, Option<Bytes>)> {
+        m.changes_in("t", &(Bound::Unbounded, Bound::Unbounded))
+    }
+
+    #[test]
+    fn the_newest_change_wins_and_removals_are_remembered() {
+        let m = Memtable::default();
+        m.apply(vec![put(b"a", b"1"), put(b"b", b"2"), put(b"a", b"3"), del(b"b")]);
+        assert_eq!(m.lookup("t", b"a"), Lookup::Value(Bytes::from_static(b"3")));
+        assert_eq!(m.lookup("t", b"b"), Lookup::Removed);
+        assert_eq!(m.lookup("t", b"c"), Lookup::Unchanged);
+        assert_eq!(m.lookup("other", b"a"), Lookup::Unchanged);
+    }
+
+    #[test]
+    fn the_active_layer_hides_the_frozen_one() {
+        let m = Memtable::default();
+        m.apply(vec![put(b"a", b"old"), put(b"b", b"kept"), put(b"c", b"x")]);
+        let frozen = m.freeze();
+        assert_eq!(frozen.len(), 3);
+        assert_eq!(m.active_len(), 0);
+        m.apply(vec![put(b"a", b"new"), del(b"c")]);
+        assert_eq!(m.lookup("t", b"a"), Lookup::Value(Bytes::from_static(b"new")));
+        assert_eq!(m.lookup("t", b"b"), Lookup::Value(Bytes::from_static(b"kept")));
+        assert_eq!(
+            all(&m),
+            vec![
+                (b"a".to_vec(), Some(Bytes::from_static(b"new"))),
+                (b"b".to_vec(), Some(Bytes::from_static(b"kept"))),
+                (b"c".to_vec(), None),
+            ]
+        );
+        m.checkpointed();
+        assert_eq!(m.lookup("t", b"b"), Lookup::Unchanged);
+        assert_eq!(m.lookup("t", b"c"), Lookup::Removed);
+    }
+
+    #[test]
+    fn a_freeze_after_a_failed_checkpoint_keeps_both_layers_newest_first() {
+        let m = Memtable::default();
+        m.apply(vec![put(b"a", b"1"), put(b"b", b"1")]);
+        let failed = m.freeze();
+        drop(failed);
+        m.apply(vec![put(b"a", b"2")]);
+        let frozen = m.freeze();
+        let t: Vec<_> = frozen.trees().flat_map(|(_, c)| c.clone()).collect();
+        assert_eq!(
+            t,
+            vec![
+                (b"a".to_vec(), Some(Bytes::from_static(b"2"))),
+                (b"b".to_vec(), Some(Bytes::from_static(b"1")))
+            ]
+        );
+    }
+
+    #[test]
+    fn ranges_are_bounded_and_inverted_bounds_are_empty_not_a_panic() {
+        let m = Memtable::default();
+        m.apply(vec![put(b"a", b"1"), put(b"b", b"2"), put(b"c", b"3")]);
+        let r = (Bound::Included(b"b".to_vec()), Bound::Excluded(b"c".to_vec()));
+        assert_eq!(m.changes_in("t", &r), vec![(b"b".to_vec(), Some(Bytes::from_static(b"2")))]);
+        let inverted = (Bound::Included(b"c".to_vec()), Bound::Excluded(b"a".to_vec()));
+        assert!(m.changes_in("t", &inverted).is_empty());
+        let same = (Bound::Excluded(b"b".to_vec()), Bound::Excluded(b"b".to_vec()));
+        assert!(m.changes_in("t", &same).is_empty());
+    }
+}
