@@ -45,6 +45,7 @@ pub struct Prosody {
     pub s2s: SocketAddr,
     config: PathBuf,
     ctl: PathBuf,
+    data: PathBuf,
 }
 
 /// Where the binaries are and what the server is to be.
@@ -63,8 +64,10 @@ fn lua_str(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-fn config_text(o: &Options, dir: &Path, cert: &Path, key: &Path, hosts: &Path, resolv: &Path) -> String {
+fn config_text(o: &Options, extra_modules: &[&str], dir: &Path, paths: [&Path; 4]) -> String {
+    let [cert, key, hosts, resolv] = paths;
     let p = |name: &str| lua_str(&dir.join(name).to_string_lossy());
+    let extra: String = extra_modules.iter().map(|m| format!("; {}", lua_str(m))).collect();
     let (ip, domain) = (lua_str(&o.ip.to_string()), lua_str(&o.bins.xmpp_domain));
     let (cert, key) = (lua_str(&cert.to_string_lossy()), lua_str(&key.to_string_lossy()));
     let (hosts, resolv) = (lua_str(&hosts.to_string_lossy()), lua_str(&resolv.to_string_lossy()));
@@ -86,7 +89,7 @@ http_ports = {{ }}
 https_ports = {{ }}
 -- libunbound reads only our hosts file; nothing answers DNS on loopback.
 unbound = {{ hoststxt = {hosts}; resolvconf = {resolv}; }}
-modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco" }}
+modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"{extra} }}
 modules_disabled = {{ }}
 authentication = "internal_hashed"
 storage = "internal"
@@ -142,6 +145,11 @@ impl Prosody {
     /// Writes the config, the hosts file and a certificate, runs `prosody -F` and waits until it
     /// listens on c2s and s2s.
     pub async fn start(o: Options<'_>) -> anyhow::Result<Prosody> {
+        Self::start_with(o, &[]).await
+    }
+
+    /// [`Prosody::start`] with more modules enabled (say `smacks`, XEP-0198).
+    pub async fn start_with(o: Options<'_>, extra_modules: &[&str]) -> anyhow::Result<Prosody> {
         let dir = o.dir;
         std::fs::create_dir_all(dir.join("data"))?;
         std::fs::create_dir_all(dir.join("certs"))?;
@@ -157,7 +165,7 @@ impl Prosody {
         let key = dir.join("certs").join(format!("{domain}.key"));
         make_cert(&cert, &key, domain).await?;
         let config = dir.join("prosody.cfg.lua");
-        std::fs::write(&config, config_text(&o, dir, &cert, &key, &hosts, &resolv))?;
+        std::fs::write(&config, config_text(&o, extra_modules, dir, [&cert, &key, &hosts, &resolv]))?;
 
         let c2s: SocketAddr = (o.ip, C2S_PORT).into();
         let s2s: SocketAddr = (o.ip, S2S_PORT).into();
@@ -200,7 +208,8 @@ impl Prosody {
             broker.stop().await;
             bail!("prosody runs without lua-unbound and would not read its hosts file (apt-get install lua-unbound)");
         }
-        Ok(Prosody { broker, domain: domain.to_owned(), s2s, config, ctl: o.bins.prosodyctl_bin.clone() })
+        let ctl = o.bins.prosodyctl_bin.clone();
+        Ok(Prosody { broker, domain: domain.to_owned(), s2s, config, ctl, data: dir.join("data") })
     }
 
     /// Creates `user@domain` for every name, four `prosodyctl register` at a time.
@@ -224,6 +233,31 @@ impl Prosody {
         }
         Ok(())
     }
+}
+
+impl Prosody {
+    /// Creates every name with the same password, thousands at once: the first through
+    /// `prosodyctl register`, the others as copies of its account file (internal storage reads
+    /// the file at each login; the shared salt changes nothing in the work of a login).
+    pub async fn register_copies(&self, names: &[String], password: &str) -> anyhow::Result<()> {
+        let Some((first, rest)) = names.split_first() else { return Ok(()) };
+        self.register(std::slice::from_ref(first), password).await?;
+        let accounts = self.data.join(storage_name(&self.domain)).join("accounts");
+        let file = |name: &str| accounts.join(format!("{}.dat", storage_name(name)));
+        let template =
+            std::fs::read(file(first)).with_context(|| format!("reading {}", file(first).display()))?;
+        for name in rest {
+            std::fs::write(file(name), &template)?;
+        }
+        Ok(())
+    }
+}
+
+/// A name as Prosody's datamanager spells it on disk: every non-alphanumeric byte as `%xx`.
+fn storage_name(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02x}") })
+        .collect()
 }
 
 /// A self-signed certificate for `domain` (what a test server presents on STARTTLS).
@@ -263,5 +297,11 @@ mod tests {
     #[test]
     fn lua_strings_are_quoted_and_escaped() {
         assert_eq!(lua_str(r#"a"b\c"#), r#""a\"b\\c""#);
+    }
+
+    #[test]
+    fn storage_names_escape_like_prosody() {
+        assert_eq!(storage_name("xmpp.test"), "xmpp%2etest");
+        assert_eq!(storage_name("c12"), "c12");
     }
 }

@@ -1,5 +1,5 @@
-//! CI smoke test of the load scenarios (chat, federation, connect, idle, resume, fanout):
-//! `tern-bench <scenario> --quick` against the debug tern,
+//! CI smoke test of the load scenarios (chat, federation, connect, idle, resume, fanout, the
+//! last four also `--against prosody`): `tern-bench <scenario> --quick` against the debug tern,
 //! with real mosquitto and Prosody (installed by scripts/install-test-deps). It checks that each
 //! run completes cleanly (every message delivered once, receipted where clients send receipts)
 //! and that the JSON has the figures; it asserts nothing about speed.
@@ -92,14 +92,31 @@ fn chat_quick_runs_clean_against_prosody() {
 
 /// tern's figures in a session scenario's report, after checking the run had no failures.
 fn session_figures<'a>(r: &'a serde_json::Value, scenario: &str) -> &'a serde_json::Value {
+    session_figures_against(r, scenario, "mosquitto").0
+}
+
+/// tern's and the reference's figures, after checking the run had both and no failures.
+fn session_figures_against<'a>(
+    r: &'a serde_json::Value,
+    scenario: &str,
+    reference: &str,
+) -> (&'a serde_json::Value, &'a serde_json::Value) {
     assert_eq!(r["scenario"], scenario);
     let systems = r["systems"].as_array().unwrap();
-    assert_eq!(systems.len(), 2, "tern and mosquitto: {r}");
-    assert_eq!(systems[1]["broker"], "mosquitto");
+    assert_eq!(systems.len(), 2, "tern and {reference}: {r}");
+    assert_eq!(systems[0]["broker"], "tern");
+    assert_eq!(systems[1]["broker"], reference);
     for s in systems {
         assert_eq!(s["failures"], 0, "{s}");
     }
-    &systems[0]["values"]
+    (&systems[0]["values"], &systems[1]["values"])
+}
+
+/// A quick session scenario against Prosody: both systems' figures.
+fn against_prosody(scenario: &str) -> (serde_json::Value, serde_json::Value) {
+    let r = run_quick(scenario, &["--against", "prosody"]);
+    let (tern, prosody) = session_figures_against(&r, scenario, "prosody");
+    (tern.clone(), prosody.clone())
 }
 
 #[test]
@@ -137,4 +154,42 @@ fn fanout_quick_delivers_to_every_recipient() {
     let tern = session_figures(&r, "fanout");
     assert_eq!(tern["delivered"], 200.0, "{tern}");
     assert_eq!(r["systems"][1]["values"]["delivered"], 200.0, "{r}");
+}
+
+#[test]
+fn connect_quick_logs_in_over_c2s_against_prosody() {
+    let (tern, prosody) = against_prosody("connect");
+    for v in [&tern, &prosody] {
+        assert_eq!(v["ok"], 40.0, "{v}");
+        assert_eq!(v["re_ok"], 40.0, "{v}");
+    }
+    assert!(prosody["bytes"].as_f64().unwrap() > 0.0, "{prosody}");
+}
+
+#[test]
+fn resume_quick_resumes_by_xep_0198_against_prosody() {
+    let (tern, prosody) = against_prosody("resume");
+    assert_eq!(tern["resumed"], 10.0, "{tern}");
+    assert_eq!(prosody["resumed"], 10.0, "{prosody}");
+    // Every client came back into its hibernated session, none by a fresh login.
+    assert_eq!(prosody["session_present"], 10.0, "{prosody}");
+    assert_eq!(prosody["fresh_logins"], 0.0, "{prosody}");
+}
+
+#[test]
+fn idle_quick_holds_c2s_sessions_against_prosody() {
+    let (tern, prosody) = against_prosody("idle");
+    for v in [&tern, &prosody] {
+        assert_eq!(v["sessions"], 50.0, "{v}");
+        assert!(v["rss_mib_all_up"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    // One whitespace byte a second, at least.
+    assert!(prosody["keepalive_bytes_per_session_hour"].as_f64().unwrap() >= 3600.0, "{prosody}");
+}
+
+#[test]
+fn fanout_quick_delivers_to_every_c2s_recipient_against_prosody() {
+    let (tern, prosody) = against_prosody("fanout");
+    assert_eq!(tern["delivered"], 200.0, "{tern}");
+    assert_eq!(prosody["delivered"], 200.0, "{prosody}");
 }

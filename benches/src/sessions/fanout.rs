@@ -2,6 +2,10 @@
 //! the sender sends K 1:1 messages per round (`Up{chat}` to each recipient); mosquitto gets one
 //! PUBLISH per round on a topic the K recipients subscribe to. Reports deliveries per second and
 //! the latency over all recipients (send time in the body, same process clock).
+//!
+//! Prosody gets what tern gets: K 1:1 `<message type='chat'/>` per round from one c2s client
+//! to K c2s clients of the same server (a MUC room would be the equivalent of a tern room
+//! variant, which this build does not have).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,10 +17,10 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{
-    chat_of, connect_phone, run_both, send_all, send_topic, user_names, Figures, Phone, Progress, Row,
-    System, Target, TargetArgs,
+    connect_phone, run_both, send_topic, user_names, Figures, Outgoing, Phone, Progress, Row, System, Target,
+    TargetArgs,
 };
-use crate::chat::{chat_up, parse_message_id};
+use crate::chat::parse_message_id;
 use crate::raw_mqtt::SUBACK;
 use crate::report::new_histogram;
 
@@ -59,6 +63,7 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<()> {
     let notes = vec![
         "tern: no rooms (MUC) in this build, so a round is K 1:1 Up{chat}, each stored and fsynced for its recipient; mosquitto: one QoS 1 PUBLISH to a topic with K QoS 1 subscribers",
         "latency: from just before the sender writes a round to each recipient's arrival; deliveries/s over the whole run",
+        "prosody: a round is K 1:1 <message type='chat'/> from one c2s client, sent flat out (XMPP has no per-message acknowledgement without XEP-0198), then one iq round trip; in memory",
     ];
     let a = Arc::new(a);
     run_both(&a.target, "fanout", settings, rows, notes, |t| run_on(a.clone(), t, k, m)).await
@@ -104,27 +109,26 @@ async fn run_on(a: Arc<FanoutArgs>, t: Arc<Target>, k: usize, m: u64) -> anyhow:
     }
     progress.finish();
     let sender = Phone { user: "fsender".into(), ..Phone::new(t.system, t.addr, "fsender", 0, 1) };
-    let mut c = connect_phone(t.system, t.addr, &sender, &a.target.password, true, 60).await?;
-    let (b0, cpu0, t0) = (c.conn.bytes_in + c.conn.bytes_out, t.cpu_ms(), Instant::now());
-    let domain = a.target.domain.clone();
+    let mut c = connect_phone(&t, &sender, &a.target.password, true, 60).await?;
+    let (b0, cpu0, t0) = (c.conn.bytes(), t.cpu_ms(), Instant::now());
     let system = t.system;
     let stride = id_stride(system, k);
     let rounds = (0..m).flat_map(move |j| {
         let sent_us = epoch.elapsed().as_micros() as u64;
         let to: Vec<Option<usize>> = match system {
-            System::Tern => (0..k).map(Some).collect(),
+            System::Tern | System::Prosody => (0..k).map(Some).collect(),
             System::Mosquitto => vec![None],
         };
-        let domain = domain.clone();
-        to.into_iter().map(move |r| {
-            let peer = r.map_or(String::new(), |r| format!("f{r}@{domain}"));
+        to.into_iter().map(move |r| Outgoing {
+            topic: send_topic(system, TOPIC).to_owned(),
+            peer: r.map_or(String::new(), |r| format!("f{r}")),
             // tern dedupes by (sender, message id): each recipient's copy needs its own id.
-            let id = j * stride + r.unwrap_or(0) as u64;
-            (send_topic(system, TOPIC).to_owned(), chat_up(id, &peer, sent_us))
+            k: j * stride + r.unwrap_or(0) as u64,
+            sent_us,
         })
     });
-    send_all(&mut c.conn, rounds, a.inflight.max(1)).await?;
-    let sender_bytes = c.conn.bytes_in + c.conn.bytes_out - b0;
+    c.conn.send_chats(&t, rounds, a.inflight.max(1)).await?;
+    let sender_bytes = c.conn.bytes() - b0;
     let (mut hist, mut delivered, mut last) = (new_histogram(), 0u64, t0);
     while let Some(joined) = tasks.join_next().await {
         match joined {
@@ -138,7 +142,7 @@ async fn run_on(a: Arc<FanoutArgs>, t: Arc<Target>, k: usize, m: u64) -> anyhow:
         }
     }
     let cpu = t.cpu_ms().zip(cpu0).map(|(b, a)| b - a);
-    c.conn.disconnect().await;
+    c.conn.close().await;
     let ms = |q: f64| Some(hist.value_at_quantile(q) as f64 / 1000.0);
     f.set("delivered", Some(delivered as f64));
     f.set("deliveries_per_s", Some(delivered as f64 / (last - t0).as_secs_f64().max(1e-6)));
@@ -150,10 +154,10 @@ async fn run_on(a: Arc<FanoutArgs>, t: Arc<Target>, k: usize, m: u64) -> anyhow:
     Ok(f)
 }
 
-/// Message ids per round: one per recipient on tern, one in all on mosquitto.
+/// Message ids per round: one per recipient on tern and Prosody, one in all on mosquitto.
 fn id_stride(system: System, k: usize) -> u64 {
     match system {
-        System::Tern => k as u64,
+        System::Tern | System::Prosody => k as u64,
         System::Mosquitto => 1,
     }
 }
@@ -169,24 +173,25 @@ async fn recipient(
     ready: oneshot::Sender<()>,
     done: Arc<std::sync::atomic::AtomicU64>,
 ) -> anyhow::Result<Got> {
-    let mut c = connect_phone(t.system, t.addr, phone, password, true, 60).await?;
+    let mut c = connect_phone(t, phone, password, true, 60).await?;
     if t.system == System::Mosquitto {
-        c.conn.subscribe(TOPIC).await?;
-        let p = c.conn.read().await?;
+        let conn = c.conn.mqtt()?;
+        conn.subscribe(TOPIC).await?;
+        let p = conn.read().await?;
         anyhow::ensure!(p.kind == SUBACK, "expected SUBACK, got packet type {}", p.kind);
     }
+    c.conn.settle().await?;
     done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _ = ready.send(());
     let mut got = Got { hist: new_histogram(), delivered: 0, last: Instant::now() };
     let mut seen = HashSet::new();
     let m = expect.rounds;
     while got.delivered < m {
-        let p = match tokio::time::timeout(Duration::from_secs(30), c.conn.read()).await {
-            Ok(p) => p?,
+        let chat = match tokio::time::timeout(Duration::from_secs(30), c.conn.next_chat(t.system)).await {
+            Ok(chat) => chat?,
             Err(_) => bail!("{} of {m} messages after 30 s of silence", got.delivered),
         };
-        let Some(publish) = p.publish() else { continue };
-        if let Some((id, body)) = chat_of(t.system, &publish) {
+        if let Some((id, body)) = chat {
             let now = epoch.elapsed().as_micros() as u64;
             match body.parse::<u64>() {
                 Ok(sent_us)
@@ -200,10 +205,7 @@ async fn recipient(
                 _ => bail!("unexpected or duplicate message {id:?}"),
             }
         }
-        if let Some(id) = publish.packet_id {
-            c.conn.puback(id).await?;
-        }
     }
-    c.conn.disconnect().await;
+    c.conn.close().await;
     Ok(got)
 }

@@ -9,6 +9,11 @@
 //!
 //! The phones connect from 127.0.0.2, 127.0.0.3, … (10,000 each) so that N is not bounded by
 //! the ephemeral ports of one source address.
+//!
+//! Against Prosody every session is a c2s login with the password (there are no tokens), and
+//! its keepalive is one whitespace byte (RFC 6120 §4.6.1) every `--keepalive` seconds: the same
+//! interval as the phones' MQTT keepalive (60 s, tern's phones' default), so the hourly bytes
+//! compare one keepalive scheme with the other at the same liveness.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -97,6 +102,7 @@ pub async fn run(a: IdleArgs) -> anyhow::Result<()> {
         "RSS: VmRSS of the server process from /proc; per session = (all up − before) / sessions",
         "keepalive bytes: MQTT bytes both ways (PINGREQ/PINGRESP and anything else) during the hold, no TCP/IP headers",
         "tern: each phone first logs in once with its password (Argon2) and disconnects; the held sessions log in with their token; mosquitto: anonymous",
+        "prosody: c2s sessions (SASL PLAIN, bind, initial presence); keepalive = one whitespace byte per --keepalive (no answer), XMPP bytes both ways",
     ];
     let a = Arc::new(a);
     let s = Arc::new(s);
@@ -135,6 +141,7 @@ async fn run_on(a: Arc<IdleArgs>, s: Arc<Settings>, t: Arc<Target>) -> anyhow::R
             logins.tokens
         }
         System::Mosquitto => vec![Some(String::new()); s.n],
+        System::Prosody => vec![Some(a.target.password.clone()); s.n],
     };
     // Let the server settle before the baseline.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -164,12 +171,12 @@ async fn run_on(a: Arc<IdleArgs>, s: Arc<Settings>, t: Arc<Target>) -> anyhow::R
             (t.clone(), s.clone(), stage.clone(), up.clone(), progress.done.clone());
         let phones = phones.clone();
         tasks.spawn(async move {
-            let r = connect_phone(t.system, t.addr, &phones[i], &secret, false, s.keepalive).await;
+            let r = connect_phone(&t, &phones[i], &secret, false, s.keepalive).await;
             drop(permit);
             done.fetch_add(1, Ordering::Relaxed);
             let c = r.map_err(|e| format!("phone {i}: {e:#}"))?;
             up.fetch_add(1, Ordering::Relaxed);
-            hold(c.conn, i, s.keepalive, stage).await
+            hold(c.conn, t.system, i, s.keepalive, stage).await
         });
     }
     // Wait for the last connects (each bounded by CONNECT_LIMIT).
@@ -221,11 +228,12 @@ async fn run_on(a: Arc<IdleArgs>, s: Arc<Settings>, t: Arc<Target>) -> anyhow::R
     Ok(f)
 }
 
-/// Keeps one session alive until the stage is `Done`: PINGREQ every `keepalive` (the first one
-/// offset by the phone's number, so that pings spread out), PUBACK for anything the server
-/// sends. Returns the bytes both ways during the hold.
+/// Keeps one session alive until the stage is `Done`: a keepalive (PINGREQ, or a space on
+/// XMPP) every `keepalive` (the first one offset by the phone's number, so that pings spread
+/// out), PUBACK for anything the server sends. Returns the bytes both ways during the hold.
 async fn hold(
-    mut conn: crate::raw_mqtt::Conn,
+    mut conn: super::Link,
+    system: System,
     i: usize,
     keepalive: u16,
     mut stage: watch::Receiver<Stage>,
@@ -240,17 +248,15 @@ async fn hold(
                 let s = *stage.borrow();
                 match s {
                     _ if changed.is_err() => return Err("stage channel closed".into()),
-                    Stage::Holding => at_start = conn.bytes_in + conn.bytes_out,
-                    Stage::Done => return Ok(conn.bytes_in + conn.bytes_out - at_start),
+                    Stage::Holding => at_start = conn.bytes(),
+                    Stage::Done => return Ok(conn.bytes() - at_start),
                     Stage::Connecting => {}
                 }
             }
-            _ = ping.tick() => conn.pingreq().await.map_err(|e| format!("phone {i} ping: {e:#}"))?,
+            _ = ping.tick() => conn.keepalive().await.map_err(|e| format!("phone {i} ping: {e:#}"))?,
             p = conn.read() => {
                 let p = p.map_err(|e| format!("phone {i}: {e:#}"))?;
-                if let Some(id) = p.publish().and_then(|p| p.packet_id) {
-                    conn.puback(id).await.map_err(|e| format!("phone {i}: {e:#}"))?;
-                }
+                conn.handle(system, p).await.map_err(|e| format!("phone {i}: {e:#}"))?;
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The session scenarios (`connect`, `idle`, `resume`, `fanout`): many phones, each one raw MQTT
 //! 3.1.1 connection (`raw_mqtt.rs`), against a tern the bench starts on loopback or one at
-//! `--addr`, and the same workload against mosquitto with `--against mosquitto`.
+//! `--addr`, and the same workload against mosquitto with `--against mosquitto`, or against
+//! Prosody with XMPP c2s clients (`link.rs`) with `--against prosody`.
 //!
 //! This file holds what they share: the target, users, source addresses, the progress line and
 //! the report (a table of figures for both systems with their ratio, and the same as JSON).
@@ -8,6 +9,7 @@
 pub mod connect;
 pub mod fanout;
 pub mod idle;
+mod link;
 mod pass;
 mod report;
 pub mod resume;
@@ -25,7 +27,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::brokers::{self, Broker};
+use crate::prosody::{self, Prosody, ProsodyArgs};
 use crate::raw_mqtt::{Conn, ConnectOpts};
+pub(crate) use link::{Link, Outgoing};
 pub(crate) use report::{finish, Figures, Row, SessionReport};
 
 pub(crate) const PASSWORD: &str = "bench-pw";
@@ -46,6 +50,7 @@ pub(crate) fn concurrency(given: Option<usize>, quick: bool) -> usize {
 pub(crate) enum System {
     Tern,
     Mosquitto,
+    Prosody,
 }
 
 /// The system under test and the reference, common to the session scenarios.
@@ -70,12 +75,15 @@ pub struct TargetArgs {
     /// tern's XMPP domain.
     #[arg(long, default_value = "bench.test")]
     pub(crate) domain: String,
-    /// The same workload on mosquitto too, or `none`.
+    /// The same workload on mosquitto (MQTT) or Prosody (XMPP c2s) too, or `none`.
     #[arg(long, value_enum, default_value = "mosquitto")]
     pub(crate) against: Against,
     /// The mosquitto binary (Debian package `mosquitto`).
     #[arg(long, default_value = "mosquitto")]
     pub(crate) mosquitto_bin: PathBuf,
+    /// With `--against prosody`.
+    #[command(flatten)]
+    pub(crate) prosody: ProsodyArgs,
     /// Tiny sizes for the CI smoke test.
     #[arg(long)]
     pub(crate) quick: bool,
@@ -94,6 +102,8 @@ pub struct TargetArgs {
 pub(crate) enum Against {
     /// The same MQTT clients against mosquitto (anonymous, in memory).
     Mosquitto,
+    /// XMPP c2s clients against Prosody (SASL PLAIN on internal_hashed accounts, XEP-0198).
+    Prosody,
     None,
 }
 
@@ -109,8 +119,11 @@ pub(crate) struct Target {
     pub(crate) addr: SocketAddr,
     pub(crate) pid: Option<u32>,
     pub(crate) version: String,
+    /// The XMPP domain of the users' JIDs (tern's, or Prosody's VirtualHost).
+    pub(crate) domain: String,
     admin: Option<PathBuf>,
     started: Option<Broker>,
+    prosody: Option<Prosody>,
 }
 
 impl Target {
@@ -127,8 +140,10 @@ impl Target {
                 addr,
                 pid: a.pid,
                 version,
+                domain: a.domain.clone(),
                 admin: a.admin_socket.clone(),
                 started: None,
+                prosody: None,
             });
         }
         anyhow::ensure!(
@@ -144,8 +159,10 @@ impl Target {
             addr: b.addr,
             pid: Some(b.pid()),
             version: b.version.clone(),
+            domain: a.domain.clone(),
             admin: Some(dir.join("admin.sock")),
             started: Some(b),
+            prosody: None,
         })
     }
 
@@ -158,8 +175,29 @@ impl Target {
             addr: b.addr,
             pid: Some(b.pid()),
             version: b.version.clone(),
+            domain: String::new(),
             admin: None,
             started: Some(b),
+            prosody: None,
+        })
+    }
+
+    /// A fresh Prosody in `scratch/prosody` on a 127.0.0.x of its own, with stream management.
+    pub(crate) async fn prosody(a: &TargetArgs, scratch: &Path) -> anyhow::Result<Target> {
+        let ip = prosody::free_loopback_ip(111, &[prosody::C2S_PORT, prosody::S2S_PORT], &[]).await?;
+        let dir = scratch.join("prosody");
+        let options = prosody::Options { bins: &a.prosody, dir: &dir, ip, hosts: &[] };
+        let p = Prosody::start_with(options, &["smacks"]).await?;
+        eprintln!("{} (pid {}) on {}", p.broker.version, p.broker.pid(), p.broker.addr);
+        Ok(Target {
+            system: System::Prosody,
+            addr: p.broker.addr,
+            pid: Some(p.broker.pid()),
+            version: p.broker.version.clone(),
+            domain: p.domain.clone(),
+            admin: None,
+            started: None,
+            prosody: Some(p),
         })
     }
 
@@ -167,6 +205,7 @@ impl Target {
         match self.system {
             System::Tern => "tern",
             System::Mosquitto => "mosquitto",
+            System::Prosody => "prosody",
         }
     }
 
@@ -182,10 +221,14 @@ impl Target {
         brokers::cpu_ms(&format!("/proc/{}/stat", self.pid?))
     }
 
-    /// Creates `names` (tern only; mosquitto takes anyone) through the admin socket, a few at
-    /// a time since each is an Argon2 hash in the daemon.
+    /// Creates `names` (mosquitto takes anyone): on tern through the admin socket, a few at a
+    /// time since each is an Argon2 hash in the daemon; on Prosody as account files.
     pub(crate) async fn add_users(&self, names: &[String], password: &str) -> anyhow::Result<f64> {
         let t = Instant::now();
+        if let Some(p) = &self.prosody {
+            p.register_copies(names, password).await?;
+            return Ok(t.elapsed().as_secs_f64());
+        }
         if self.system != System::Tern || names.is_empty() {
             return Ok(0.0);
         }
@@ -229,6 +272,9 @@ impl Target {
         if let Some(b) = self.started {
             b.stop().await;
         }
+        if let Some(p) = self.prosody {
+            p.broker.stop().await;
+        }
     }
 }
 
@@ -241,11 +287,12 @@ pub(crate) struct Phone {
 }
 
 impl Phone {
-    /// Phone `i` of the scenario `tag` (user `<tag><i / devices>`, device `d<i % devices>`).
+    /// Phone `i` of the scenario `tag` (user `<tag><i / devices>`, device (tern) or resource
+    /// (Prosody) `d<i % devices>`).
     pub(crate) fn new(system: System, target: SocketAddr, tag: &str, i: usize, devices: usize) -> Phone {
         let user = format!("{tag}{}", i / devices);
         let client_id = match system {
-            System::Tern => format!("d{}", i % devices),
+            System::Tern | System::Prosody => format!("d{}", i % devices),
             System::Mosquitto => format!("{tag}{i}"),
         };
         Phone { user, client_id, source: source_ip(target, i) }
@@ -260,7 +307,7 @@ impl Phone {
         keepalive_s: u16,
     ) -> ConnectOpts<'a> {
         let (user, password) = match system {
-            System::Tern => (Some(self.user.as_str()), Some(secret)),
+            System::Tern | System::Prosody => (Some(self.user.as_str()), Some(secret)),
             System::Mosquitto => (None, None),
         };
         ConnectOpts { client_id: &self.client_id, user, password, clean, keepalive_s }
@@ -283,21 +330,25 @@ fn source_ip(target: SocketAddr, i: usize) -> Option<IpAddr> {
 
 /// A connected phone: the connection, the connect latency, and (tern, password login) its token.
 pub(crate) struct Connected {
-    pub(crate) conn: Conn,
+    pub(crate) conn: Link,
     pub(crate) latency: Duration,
     pub(crate) token: Option<String>,
 }
 
 /// Connects `phone`; on tern after a password login also waits for its `Down{token}`. Fails on
-/// anything but CONNACK 0.
+/// anything but CONNACK 0. On Prosody: a c2s login with `secret` as the password.
 pub(crate) async fn connect_phone(
-    system: System,
-    addr: SocketAddr,
+    t: &Target,
     phone: &Phone,
     secret: &str,
     clean: bool,
     keepalive_s: u16,
 ) -> anyhow::Result<Connected> {
+    let (system, addr) = (t.system, t.addr);
+    if system == System::Prosody {
+        let (c2s, latency) = link::c2s_login(t, phone, secret).await?;
+        return Ok(Connected { conn: Link::Xmpp(Box::new(c2s)), latency, token: None });
+    }
     let want_token = system == System::Tern && !secret.starts_with("t1.");
     let attempt = async {
         let t = Instant::now();
@@ -320,7 +371,7 @@ pub(crate) async fn connect_phone(
                 }
             }
         }
-        anyhow::Ok(Connected { conn, latency, token })
+        anyhow::Ok(Connected { conn: Link::Mqtt(conn), latency, token })
     };
     tokio::time::timeout(CONNECT_LIMIT, attempt).await.context("connect took over 30 s")?
 }
@@ -447,8 +498,13 @@ where
         let result = body(tern.clone()).await;
         stop(tern).await;
         systems.push(result?);
-        if a.against == Against::Mosquitto {
-            let m = Arc::new(Target::mosquitto(a, &scratch.dir).await?);
+        let reference = match a.against {
+            Against::Mosquitto => Some(Target::mosquitto(a, &scratch.dir).await?),
+            Against::Prosody => Some(Target::prosody(a, &scratch.dir).await?),
+            Against::None => None,
+        };
+        if let Some(m) = reference {
+            let m = Arc::new(m);
             let result = body(m.clone()).await;
             stop(m).await;
             systems.push(result?);
@@ -479,7 +535,7 @@ async fn stop(t: Arc<Target>) {
 }
 
 /// The chat message in a PUBLISH payload as its recipient gets it, as (id, body): tern sends a
-/// `Down{chat}`, mosquitto the sender's very bytes, an `Up{chat}`.
+/// `Down{chat}`, mosquitto the sender's very bytes, an `Up{chat}` (Prosody: no PUBLISH).
 pub(crate) fn chat_of(system: System, p: &crate::raw_mqtt::Publish) -> Option<(String, String)> {
     use tern_schemas::v1::{up, Up};
     let payload = p.payload;
@@ -493,13 +549,14 @@ pub(crate) fn chat_of(system: System, p: &crate::raw_mqtt::Publish) -> Option<(S
             Up { id, body: Some(up::Body::Chat(c)) } => Some((id, c.body)),
             _ => None,
         },
+        System::Prosody => None,
     }
 }
 
 /// The topic a sender publishes a chat on: tern's `u`, or the recipient's topic on mosquitto.
 pub(crate) fn send_topic(system: System, mosquitto_topic: &str) -> &str {
     match system {
-        System::Tern => "u",
+        System::Tern | System::Prosody => "u",
         System::Mosquitto => mosquitto_topic,
     }
 }

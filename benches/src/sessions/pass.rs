@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{connect_phone, Figures, Phone, Progress, Target};
-use crate::raw_mqtt::Conn;
+use super::{connect_phone, Figures, Link, Phone, Progress, Target};
 use crate::report::new_histogram;
 
 /// How the connects of a pass are started.
@@ -24,7 +23,7 @@ pub(crate) struct Pass {
     pub(crate) ok: u64,
     pub(crate) elapsed: Duration,
     pub(crate) hist: hdrhistogram::Histogram<u64>,
-    pub(crate) conns: Vec<Conn>,
+    pub(crate) conns: Vec<Link>,
     pub(crate) tokens: Vec<Option<String>>,
     pub(crate) bytes: u64,
     pub(crate) cpu_ms: Option<f64>,
@@ -57,7 +56,7 @@ pub(crate) async fn connect_all(
         let permit = sem.clone().acquire_owned().await.expect("semaphore open");
         let (phones, t, done) = (phones.clone(), t.clone(), progress.done.clone());
         tasks.spawn(async move {
-            let r = connect_phone(t.system, t.addr, &phones[i], &secret, false, how.keepalive_s).await;
+            let r = connect_phone(&t, &phones[i], &secret, false, how.keepalive_s).await;
             drop(permit);
             done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             (i, r)
@@ -78,7 +77,7 @@ pub(crate) async fn connect_all(
             Ok((i, Ok(c))) => {
                 p.ok += 1;
                 p.hist.saturating_record(c.latency.as_micros().max(1) as u64);
-                p.bytes += c.conn.bytes_in + c.conn.bytes_out;
+                p.bytes += c.conn.bytes();
                 p.tokens[i] = c.token;
                 p.conns.push(c.conn);
             }
@@ -93,11 +92,11 @@ pub(crate) async fn connect_all(
     p
 }
 
-/// DISCONNECTs every connection, so the server forgets them before the next pass.
-pub(crate) async fn close_all(conns: Vec<Conn>) {
+/// Closes every connection cleanly, so the server forgets them before the next pass.
+pub(crate) async fn close_all(conns: Vec<Link>) {
     let mut tasks = tokio::task::JoinSet::new();
-    for mut c in conns {
-        tasks.spawn(async move { c.disconnect().await });
+    for c in conns {
+        tasks.spawn(c.close());
     }
     while tasks.join_next().await.is_some() {}
     // Let the server finish its session teardown before the next pass is timed.

@@ -1,11 +1,11 @@
 //! One c2s connection (RFC 6120): TCP, SASL PLAIN (RFC 4616), resource binding, initial
-//! presence (RFC 6121 §4.2), then stanzas both ways.
+//! presence (RFC 6121 §4.2), then stanzas both ways; every byte either way is counted.
 //!
 //! Plaintext only: the bench runs on loopback, where the MQTT phones are plaintext too, so the
 //! byte counts of both links compare like with like. tern-bridge's sans-IO stream decoder does
 //! all the XML.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -15,7 +15,7 @@ use tern_bridge::stream::{stream_close, stream_header, NS_CLIENT};
 use tern_bridge::{Element, Jid, Limits, StreamDecoder, StreamEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
@@ -37,6 +37,18 @@ pub struct Conn {
     /// Events decoded but not yet handed out.
     pending: std::collections::VecDeque<StreamEvent>,
     buf: Vec<u8>,
+    /// Bytes read from the server so far.
+    pub bytes_in: u64,
+    /// Bytes written to the server so far.
+    pub bytes_out: u64,
+}
+
+/// A login that has passed SASL: the restarted stream's features, before binding.
+pub struct Authenticated {
+    /// The connection, on its second stream.
+    pub conn: Conn,
+    /// The `<stream:features/>` of that stream (bind, and XEP-0198 `<sm/>` if offered).
+    pub features: Element,
 }
 
 impl Conn {
@@ -49,19 +61,40 @@ impl Conn {
         resource: &str,
         limit: Duration,
     ) -> anyhow::Result<Conn> {
-        tokio::time::timeout(limit, Self::login_inner(addr, user, password, resource))
+        Self::login_from(addr, None, user, password, resource, limit).await
+    }
+
+    /// [`Conn::login`] from the local address `source` (any port), when one address would run
+    /// out of ports.
+    pub async fn login_from(
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        user: &Jid,
+        password: &str,
+        resource: &str,
+        limit: Duration,
+    ) -> anyhow::Result<Conn> {
+        let login = async {
+            let Authenticated { mut conn, features } =
+                Self::authenticate(addr, source, user, password).await?;
+            conn.bind(&features, resource).await?;
+            conn.send_initial_presence().await?;
+            anyhow::Ok(conn)
+        };
+        tokio::time::timeout(limit, login)
             .await
             .with_context(|| format!("c2s login of {user} took over {limit:?}"))?
     }
 
-    async fn login_inner(
+    /// TCP from `source`, a stream, SASL PLAIN and the stream restart after it (RFC 6120
+    /// §6.4.6); stops before binding, where XEP-0198 resumption would go instead.
+    pub async fn authenticate(
         addr: SocketAddr,
+        source: Option<IpAddr>,
         user: &Jid,
         password: &str,
-        resource: &str,
-    ) -> anyhow::Result<Conn> {
-        let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-        stream.set_nodelay(true)?;
+    ) -> anyhow::Result<Authenticated> {
+        let stream = tcp_from(addr, source).await?;
         let (reader, writer) = stream.into_split();
         let mut c = Conn {
             jid: user.clone(),
@@ -70,6 +103,8 @@ impl Conn {
             decoder: StreamDecoder::new(Limits::default()),
             pending: Default::default(),
             buf: vec![0; 16 * 1024],
+            bytes_in: 0,
+            bytes_out: 0,
         };
         let local = user.local().context("a c2s user needs a localpart")?;
 
@@ -84,32 +119,35 @@ impl Conn {
         if !answer.is("success", NS_SASL) {
             bail!("SASL PLAIN for {user} failed: {answer}");
         }
-
-        // RFC 6120 §6.4.6: a fresh stream after SASL success, then bind (§7).
         c.decoder.reset();
         let features = c.open_stream(user.domain()).await?;
+        Ok(Authenticated { conn: c, features })
+    }
+
+    /// Binds `resource` (RFC 6120 §7) on a stream that offers it (`features`), and opens the
+    /// RFC 3921 session where a server still requires one.
+    pub async fn bind(&mut self, features: &Element, resource: &str) -> anyhow::Result<()> {
         if features.child("bind", NS_BIND).is_none() {
             bail!("no resource binding offered after SASL: {features}");
         }
         let bind =
             Element::new("bind", NS_BIND).with_child(Element::new("resource", NS_BIND).with_text(resource));
-        let result = c.iq_set("bind", bind).await?;
+        let result = self.iq_set("bind", bind).await?;
         let bound = result.child("bind", NS_BIND).and_then(|b| b.child("jid", NS_BIND)).map(|j| j.text());
-        c.jid = Jid::parse(bound.as_deref().context("bind result without a JID")?)?;
-        // RFC 3921 sessions: only servers that still require them get the extra round trip.
+        self.jid = Jid::parse(bound.as_deref().context("bind result without a JID")?)?;
+        // Only servers that still require RFC 3921 sessions get the extra round trip.
         if let Some(session) = features.child("session", NS_SESSION) {
             if session.child("optional", NS_SESSION).is_none() {
-                c.iq_set("session", Element::new("session", NS_SESSION)).await?;
+                self.iq_set("session", Element::new("session", NS_SESSION)).await?;
             }
         }
-        c.send(&Presence::new(PresenceType::Available).to_element(NS_CLIENT)).await?;
-        Ok(c)
+        Ok(())
     }
 
     /// Sends our stream header; returns the server's `<stream:features/>`.
     async fn open_stream(&mut self, domain: &str) -> anyhow::Result<Element> {
         let header = stream_header(NS_CLIENT, domain, "", None, false);
-        self.writer.write_all(header.as_bytes()).await?;
+        self.send_raw(&header).await?;
         match self.next_event().await? {
             StreamEvent::Open { .. } => {}
             other => bail!("expected the server's stream header, got {other:?}"),
@@ -137,17 +175,37 @@ impl Conn {
         }
     }
 
+    /// Initial presence (RFC 6121 §4.2): the session becomes available.
+    pub async fn send_initial_presence(&mut self) -> anyhow::Result<()> {
+        self.send(&Presence::new(PresenceType::Available).to_element(NS_CLIENT)).await
+    }
+
+    /// A roster get and its result: the server has handled everything we sent before it (it
+    /// processes one stream in order). Elements arriving meanwhile are dropped.
+    pub async fn round_trip(&mut self) -> anyhow::Result<()> {
+        let query = Element::new("query", "jabber:iq:roster");
+        let iq =
+            Element::new("iq", NS_CLIENT).with_attr("type", "get").with_attr("id", "sync").with_child(query);
+        self.send(&iq).await?;
+        loop {
+            let el = self.next_element().await?;
+            if el.name() == "iq" && el.attr("id") == Some("sync") {
+                return Ok(());
+            }
+        }
+    }
+
     /// Writes one element as a child of our stream.
     pub async fn send(&mut self, el: &Element) -> anyhow::Result<()> {
         let mut out = String::with_capacity(256);
         el.write_in_stream(NS_CLIENT, &mut out);
-        self.writer.write_all(out.as_bytes()).await?;
-        Ok(())
+        self.send_raw(&out).await
     }
 
     /// Writes already serialised stanzas (several at once: one syscall, same bytes).
     pub async fn send_raw(&mut self, out: &str) -> anyhow::Result<()> {
         self.writer.write_all(out.as_bytes()).await?;
+        self.bytes_out += out.len() as u64;
         Ok(())
     }
 
@@ -180,6 +238,7 @@ impl Conn {
             if n == 0 {
                 bail!("the server closed the connection");
             }
+            self.bytes_in += n as u64;
             let events = self
                 .decoder
                 .feed(&self.buf[..n])
@@ -188,9 +247,17 @@ impl Conn {
         }
     }
 
+    /// Drops the TCP connection with a reset and no stream close, as a phone losing its network.
+    pub fn abort(self) {
+        // Both halves are needed back to reach the socket; SO_LINGER 0 makes close() send RST.
+        if let Ok(stream) = self.reader.reunite(self.writer) {
+            let _ = stream.set_zero_linger();
+        }
+    }
+
     /// Closes our stream politely and waits (bounded) for the server's close.
     pub async fn close(mut self) {
-        let _ = self.writer.write_all(stream_close().as_bytes()).await;
+        let _ = self.send_raw(stream_close()).await;
         let _ = tokio::time::timeout(Duration::from_millis(300), async {
             while let Ok(ev) = self.next_event().await {
                 if ev == StreamEvent::Close {
@@ -199,6 +266,38 @@ impl Conn {
             }
         })
         .await;
+    }
+}
+
+/// A TCP connection to `addr` from `source` (any port), without Nagle's delay.
+async fn tcp_from(addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<TcpStream> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(ip) = source {
+        pick_port_at_connect(&socket);
+        socket.bind(SocketAddr::new(ip, 0)).with_context(|| format!("binding {ip}"))?;
+    }
+    let stream = socket.connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Sets IP_BIND_ADDRESS_NO_PORT, so that a bind to port 0 leaves the port to connect(), which
+/// picks by the whole 4-tuple: the MQTT systems of the same run leave thousands of TIME_WAIT
+/// ports on the same source addresses. (raw_mqtt.rs has the same call; it is not ours to edit.)
+fn pick_port_at_connect(socket: &TcpSocket) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid socket descriptor, and a c_int option value of the size passed.
+    unsafe {
+        let fd = socket.as_raw_fd();
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            len,
+        );
     }
 }
 

@@ -152,7 +152,7 @@ pub(crate) async fn recipient_driver(
 
 /// Chat message `k` to `peer`, the send time in the body like the phones' (`chat_up`), asking
 /// for a receipt when `receipt`.
-fn chat_message(k: u64, peer: &Jid, sent_us: u64, receipt: bool) -> Element {
+pub(crate) fn chat_message(k: u64, peer: &Jid, sent_us: u64, receipt: bool) -> Element {
     let mut m = Message::new(MessageType::Chat);
     m.to = Some(peer.clone());
     m.id = Some(message_id(k));

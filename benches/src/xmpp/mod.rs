@@ -3,5 +3,6 @@
 
 pub mod conn;
 pub mod drivers;
+pub mod smacks;
 
 pub use drivers::Account;
