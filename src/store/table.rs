@@ -19,6 +19,9 @@ use super::StoreError;
 /// Bounds of a key range.
 pub type Range = (Bound<Vec<u8>>, Bound<Vec<u8>>);
 
+/// sled's entries in one direction.
+type SledEntries = Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>>;
+
 /// A named tree, read through the journal's memtable and written through the journal.
 #[derive(Clone)]
 pub struct Table {
@@ -115,7 +118,7 @@ pub fn prefix_range(prefix: &[u8]) -> Range {
 /// The memtable's changes merged over sled's entries, in one direction.
 pub struct Merged {
     overlay: Peekable<std::vec::IntoIter<(Vec<u8>, Option<Bytes>)>>,
-    base: Peekable<Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>>>,
+    base: Peekable<SledEntries>,
     reverse: bool,
 }
 
