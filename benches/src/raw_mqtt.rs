@@ -139,6 +139,19 @@ pub fn publish_packet(topic: &str, packet_id: Option<u16>, payload: &[u8]) -> Ve
     frame(if packet_id.is_some() { 0x32 } else { 0x30 }, &body)
 }
 
+/// A TCP connection to `addr` from `bind` (any port), without Nagle's delay: what every load
+/// client of the session scenarios opens, MQTT or XMPP.
+pub(crate) async fn tcp_from(addr: SocketAddr, bind: Option<IpAddr>) -> anyhow::Result<TcpStream> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(ip) = bind {
+        no_port_at_bind(&socket);
+        socket.bind(SocketAddr::new(ip, 0)).with_context(|| format!("binding {ip}"))?;
+    }
+    let stream = socket.connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 /// Lets the kernel pick the source port at connect time, by the whole 4-tuple (Linux
 /// IP_BIND_ADDRESS_NO_PORT): otherwise a bind to port 0 reserves a port for any destination,
 /// and a second system on other ports of the run finds them all taken by TIME_WAIT.
@@ -160,13 +173,7 @@ fn no_port_at_bind(socket: &TcpSocket) {
 impl Conn {
     /// Opens TCP from `bind` (any port) to `addr`; nothing is sent yet.
     pub async fn open(addr: SocketAddr, bind: Option<IpAddr>) -> anyhow::Result<Conn> {
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-        if let Some(ip) = bind {
-            no_port_at_bind(&socket);
-            socket.bind(SocketAddr::new(ip, 0)).with_context(|| format!("binding {ip}"))?;
-        }
-        let stream = socket.connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-        stream.set_nodelay(true)?;
+        let stream = tcp_from(addr, bind).await?;
         Ok(Conn { stream, inbuf: Vec::new(), bytes_in: 0, bytes_out: 0 })
     }
 

@@ -53,14 +53,7 @@ impl Layer {
             Op::Insert { tree, key, value } => (tree, key, Some(Bytes::from(value))),
             Op::Remove { tree, key } => (tree, key, None),
         };
-        match self.trees.get_mut(&tree) {
-            Some(changes) => {
-                changes.insert(key, value);
-            }
-            None => {
-                self.trees.entry(tree).or_default().insert(key, value);
-            }
-        }
+        self.trees.entry(tree).or_default().insert(key, value);
     }
 
     /// Puts `newer`'s changes over these.
@@ -183,7 +176,8 @@ impl Memtable {
             None => active,
             Some(older) => {
                 // The failed checkpoint's thread is gone, so this is the only handle left.
-                let mut older = Arc::try_unwrap(older).unwrap_or_else(|shared| clone_layer(&shared));
+                let mut older =
+                    Arc::try_unwrap(older).unwrap_or_else(|shared| Layer { trees: shared.trees.clone() });
                 older.absorb(active);
                 older
             }
@@ -197,16 +191,13 @@ impl Memtable {
     /// Drops the frozen layer once sled holds all of it.
     pub fn checkpointed(&self) {
         self.write().frozen = None;
+        metrics::gauge!("tern_store_memtable_keys").set(0.0);
     }
 
     /// Keys changed in the active layer.
     pub fn active_len(&self) -> usize {
         self.read().active.len()
     }
-}
-
-fn clone_layer(layer: &Layer) -> Layer {
-    Layer { trees: layer.trees.clone() }
 }
 
 /// False for bounds `BTreeMap::range` would panic on (start after end, or both excluded at

@@ -15,7 +15,6 @@ use tern_bridge::stream::{stream_close, stream_header, NS_CLIENT};
 use tern_bridge::{Element, Jid, Limits, StreamDecoder, StreamEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpSocket, TcpStream};
 
 const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
@@ -94,7 +93,7 @@ impl Conn {
         user: &Jid,
         password: &str,
     ) -> anyhow::Result<Authenticated> {
-        let stream = tcp_from(addr, source).await?;
+        let stream = crate::raw_mqtt::tcp_from(addr, source).await?;
         let (reader, writer) = stream.into_split();
         let mut c = Conn {
             jid: user.clone(),
@@ -266,38 +265,6 @@ impl Conn {
             }
         })
         .await;
-    }
-}
-
-/// A TCP connection to `addr` from `source` (any port), without Nagle's delay.
-async fn tcp_from(addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<TcpStream> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    if let Some(ip) = source {
-        pick_port_at_connect(&socket);
-        socket.bind(SocketAddr::new(ip, 0)).with_context(|| format!("binding {ip}"))?;
-    }
-    let stream = socket.connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
-/// Sets IP_BIND_ADDRESS_NO_PORT, so that a bind to port 0 leaves the port to connect(), which
-/// picks by the whole 4-tuple: the MQTT systems of the same run leave thousands of TIME_WAIT
-/// ports on the same source addresses. (raw_mqtt.rs has the same call; it is not ours to edit.)
-fn pick_port_at_connect(socket: &TcpSocket) {
-    use std::os::fd::AsRawFd;
-    let one: libc::c_int = 1;
-    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: a valid socket descriptor, and a c_int option value of the size passed.
-    unsafe {
-        let fd = socket.as_raw_fd();
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            len,
-        );
     }
 }
 
