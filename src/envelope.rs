@@ -7,6 +7,7 @@ use prost::Message;
 use tern_bridge::Jid;
 use tern_schemas::v1::{self, down, error::Code, up};
 
+use crate::core::peer_refs::{PeerRefs, UnknownRef};
 use crate::ids::{MsgId, Seq};
 
 /// Size limits on envelope fields, from config.
@@ -62,6 +63,8 @@ pub enum UpCmd {
     RoomJoin { room: Jid, nick: String, history: u32, password: String },
     /// Leave a group chat room.
     RoomLeave { room: Jid, status: String },
+    /// Session options for this connection.
+    Hello { peer_refs: bool, roster_ver: u64 },
 }
 
 /// Why an upward envelope was refused, ready to send back as a `Down.error`.
@@ -94,14 +97,27 @@ pub fn error_down(id: &str, code: Code, text: &str) -> v1::Down {
     }
 }
 
-/// Decodes and validates one upward payload.
-pub fn decode_up(payload: &[u8], limits: &Limits) -> Result<UpEnvelope, EnvelopeError> {
-    let up = v1::Up::decode(payload)
+/// Decodes and validates one upward payload; `refs` are the session's peer refs, if it asked
+/// for them.
+pub fn decode_up(
+    payload: &[u8],
+    limits: &Limits,
+    refs: Option<&PeerRefs>,
+) -> Result<UpEnvelope, EnvelopeError> {
+    let mut up = v1::Up::decode(payload)
         .map_err(|e| EnvelopeError::new("", Code::BadEnvelope, format!("not an Up: {e}")))?;
-    let id = up.id;
-    if id.len() > crate::ids::MAX_MSG_ID {
+    if up.id.len() > crate::ids::MAX_MSG_ID {
         return Err(EnvelopeError::new("", Code::TooLarge, "id too long"));
     }
+    // A session without refs has none to resolve: any ref is unknown.
+    let expanded = match refs {
+        Some(refs) => refs.expand_up(&mut up),
+        None => PeerRefs::default().expand_up(&mut up),
+    };
+    if let Err(UnknownRef(r)) = expanded {
+        return Err(EnvelopeError::new(&up.id, Code::BadJid, format!("unknown peer_ref {r}")));
+    }
+    let id = up.id;
     let err = |code, text: &str| EnvelopeError::new(&id, code, text);
     let msg_id = || MsgId::parse(&id).map_err(|e| err(Code::BadEnvelope, &format!("id: {e}")));
     let jid = |s: &str| Jid::parse(s).map_err(|e| err(Code::BadJid, &e.to_string()));
@@ -175,6 +191,7 @@ pub fn decode_up(payload: &[u8], limits: &Limits) -> Result<UpEnvelope, Envelope
             let room = room_jid(&leave.room).map_err(|text| err(Code::BadJid, &text))?;
             UpCmd::RoomLeave { room, status: leave.status }
         }
+        up::Body::Hello(hello) => UpCmd::Hello { peer_refs: hello.peer_refs, roster_ver: hello.roster_ver },
     };
     Ok(UpEnvelope { id, cmd })
 }
@@ -203,6 +220,7 @@ pub fn up_kind(cmd: &UpCmd) -> &'static str {
         UpCmd::Sync { .. } => "sync",
         UpCmd::RoomJoin { .. } => "room_join",
         UpCmd::RoomLeave { .. } => "room_leave",
+        UpCmd::Hello { .. } => "hello",
     }
 }
 
@@ -228,7 +246,7 @@ mod tests {
 
     #[test]
     fn a_chat_round_trips_into_a_command() {
-        let env = decode_up(&encode(chat_to("Bob@Example.org", "hi")), &Limits::default()).unwrap();
+        let env = decode_up(&encode(chat_to("Bob@Example.org", "hi")), &Limits::default(), None).unwrap();
         let UpCmd::Chat { id, to, chat } = env.cmd else { panic!("chat expected") };
         assert_eq!(id.as_str(), "m1");
         assert_eq!(to.to_string(), "bob@example.org");
@@ -238,26 +256,31 @@ mod tests {
     #[test]
     fn exact_errors() {
         let limits = Limits { max_body: 4, ..Limits::default() };
-        let e = decode_up(&encode(chat_to("bob@x", "hello")), &limits).unwrap_err();
+        let e = decode_up(&encode(chat_to("bob@x", "hello")), &limits, None).unwrap_err();
         assert_eq!((e.id.as_str(), e.code), ("m1", Code::TooLarge));
-        let e = decode_up(&encode(chat_to("@x", "hi")), &limits).unwrap_err();
+        let e = decode_up(&encode(chat_to("@x", "hi")), &limits, None).unwrap_err();
         assert_eq!(e.code, Code::BadJid);
-        let e = decode_up(b"\xff\xff\xff", &limits).unwrap_err();
+        let e = decode_up(b"\xff\xff\xff", &limits, None).unwrap_err();
         assert_eq!((e.id.as_str(), e.code), ("", Code::BadEnvelope));
-        let e = decode_up(&encode(v1::Up { id: "x".into(), body: None }), &limits).unwrap_err();
+        let e = decode_up(&encode(v1::Up { id: "x".into(), body: None }), &limits, None).unwrap_err();
         assert_eq!((e.id.as_str(), e.code), ("x", Code::BadEnvelope));
         let mut no_id = chat_to("bob@x", "hi");
         no_id.id.clear();
-        assert_eq!(decode_up(&encode(no_id), &limits).unwrap_err().code, Code::BadEnvelope);
+        assert_eq!(decode_up(&encode(no_id), &limits, None).unwrap_err().code, Code::BadEnvelope);
     }
 
     #[test]
     fn subscriptions_and_roster_items_are_bare() {
         let up = v1::Up {
             id: "s".into(),
-            body: Some(up::Body::Subscription(v1::Subscription { peer: "bob@x/phone".into(), kind: 0 })),
+            body: Some(up::Body::Subscription(v1::Subscription {
+                peer: "bob@x/phone".into(),
+                kind: 0,
+                ..Default::default()
+            })),
         };
-        let UpCmd::Subscription { to, .. } = decode_up(&encode(up), &Limits::default()).unwrap().cmd else {
+        let UpCmd::Subscription { to, .. } = decode_up(&encode(up), &Limits::default(), None).unwrap().cmd
+        else {
             panic!("subscription expected")
         };
         assert!(to.is_bare());
@@ -272,7 +295,7 @@ mod tests {
                 history: 5,
                 password: String::new(),
             });
-            decode_up(&encode(v1::Up { id: "j".into(), body: Some(body) }), &Limits::default())
+            decode_up(&encode(v1::Up { id: "j".into(), body: Some(body) }), &Limits::default(), None)
         };
         let UpCmd::RoomJoin { room, nick, history, .. } = join("Lounge@muc.x", "Alice").unwrap().cmd else {
             panic!("join expected")
@@ -292,14 +315,52 @@ mod tests {
                 status: "bye".into(),
             })),
         };
-        let cmd = decode_up(&encode(leave), &Limits::default()).unwrap().cmd;
+        let cmd = decode_up(&encode(leave), &Limits::default(), None).unwrap().cmd;
         assert!(matches!(cmd, UpCmd::RoomLeave { ref status, .. } if status == "bye"));
+    }
+
+    #[test]
+    fn peer_refs_stand_for_contacts_and_unknown_ones_are_refused() {
+        let refs = PeerRefs::new([("bob@example.org".to_owned(), 3, true)]);
+        let by_ref = |peer_ref| v1::Up {
+            id: "m1".into(),
+            body: Some(up::Body::Chat(v1::Chat {
+                peer_ref,
+                resource: "phone".into(),
+                body: "hi".into(),
+                ..Default::default()
+            })),
+        };
+        let env = decode_up(&encode(by_ref(3)), &Limits::default(), Some(&refs)).unwrap();
+        let UpCmd::Chat { to, chat, .. } = env.cmd else { panic!("chat") };
+        assert_eq!(
+            (to.to_string(), chat.peer.as_str()),
+            ("bob@example.org/phone".into(), "bob@example.org/phone")
+        );
+        let e = decode_up(&encode(by_ref(4)), &Limits::default(), Some(&refs)).unwrap_err();
+        assert_eq!((e.id.as_str(), e.code, e.text.as_str()), ("m1", Code::BadJid, "unknown peer_ref 4"));
+        // Without Hello{peer_refs} no ref means anything.
+        let e = decode_up(&encode(by_ref(3)), &Limits::default(), None).unwrap_err();
+        assert_eq!((e.code, e.text.as_str()), (Code::BadJid, "unknown peer_ref 3"));
+    }
+
+    #[test]
+    fn hello_carries_the_session_options() {
+        let hello = v1::Up {
+            id: String::new(),
+            body: Some(up::Body::Hello(v1::Hello { peer_refs: true, roster_ver: 12 })),
+        };
+        let cmd = decode_up(&encode(hello), &Limits::default(), None).unwrap().cmd;
+        assert_eq!(cmd, UpCmd::Hello { peer_refs: true, roster_ver: 12 });
+        assert_eq!(up_kind(&cmd), "hello");
     }
 
     proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = decode_up(&bytes, &Limits::default());
+            let _ = decode_up(&bytes, &Limits::default(), None);
+            let refs = PeerRefs::new([("bob@x.test".to_owned(), 1, true)]);
+            let _ = decode_up(&bytes, &Limits::default(), Some(&refs));
         }
 
         #[test]
@@ -307,7 +368,7 @@ mod tests {
             let mut bytes = encode(chat_to("bob@example.org/phone", "hello there"));
             let i = flip % bytes.len();
             bytes[i] ^= 1 << bit;
-            let _ = decode_up(&bytes, &Limits::default());
+            let _ = decode_up(&bytes, &Limits::default(), None);
         }
     }
 }

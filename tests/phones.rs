@@ -46,6 +46,7 @@ async fn two_phones_chat_with_receipts_and_one_resumes_after_being_offline() {
             id: "a1".into(),
             kind: 0,
             outgoing: false,
+            ..Default::default()
         })),
     };
     bob.send(receipt).await;

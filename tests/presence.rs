@@ -10,7 +10,11 @@ use tern_schemas::v1::{self, down, presence::Show, roster_item::Sub, subscriptio
 fn sub(id: &str, peer: &str, kind: Kind) -> v1::Up {
     v1::Up {
         id: id.into(),
-        body: Some(v1::up::Body::Subscription(v1::Subscription { peer: peer.into(), kind: kind as i32 })),
+        body: Some(v1::up::Body::Subscription(v1::Subscription {
+            peer: peer.into(),
+            kind: kind as i32,
+            ..Default::default()
+        })),
     }
 }
 

@@ -4,10 +4,12 @@
 //! workload, with the same client library (rumqttc, MQTT 3.1.1, QoS 1) and the same payload
 //! bytes, runs against
 //!
-//! * tern: the sender publishes `Up{id, chat{peer, body}}` on `u`; the recipient receives the
-//!   `Down{seq, id, chat{peer, body, ts}}` on `d` without subscribing;
-//! * mosquitto, raw pub/sub: the sender publishes the very same encoded `Up` on `c/<pair>`; the
-//!   recipient is subscribed to it at QoS 1.
+//! * tern: the sender publishes `Up{id, chat{peer_ref, body}}` on `u`; the recipient receives the
+//!   `Down{seq, id, chat{peer_ref, resource, body, ts}}` on `d` without subscribing. Each phone
+//!   sends `Hello{peer_refs}` and puts its peer on its roster during the setup, as an app that
+//!   already has its contacts does, so both name the other by its peer ref;
+//! * mosquitto, raw pub/sub: the sender publishes the very same encoded `Up` (with ref 1) on
+//!   `c/<pair>`; the recipient is subscribed to it at QoS 1.
 //!
 //! Three phases per broker, each with its own users and connections:
 //!
@@ -427,6 +429,20 @@ pub(crate) fn chat_up(k: u64, peer: &str, sent_us: u64) -> Vec<u8> {
         id: message_id(k),
         body: Some(up::Body::Chat(Chat {
             peer: peer.to_owned(),
+            body: format!("{sent_us:0BODY_LEN$}"),
+            ..Default::default()
+        })),
+    }
+    .encode_to_vec()
+}
+
+/// `chat_up`, with the recipient named by its peer ref (docs/PROTOCOL.md "Peer refs"), as a
+/// tern phone that has the recipient on its roster sends it.
+pub(crate) fn chat_up_by_ref(k: u64, peer_ref: u32, sent_us: u64) -> Vec<u8> {
+    Up {
+        id: message_id(k),
+        body: Some(up::Body::Chat(Chat {
+            peer_ref,
             body: format!("{sent_us:0BODY_LEN$}"),
             ..Default::default()
         })),

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use prost::Message;
 use tern_schemas::v1::{self, down, error::Code};
 
+use crate::core::peer_refs::PeerRefs;
 use crate::envelope::{decode_up, error_down, EnvelopeError, Limits, UpCmd, UpEnvelope};
 use crate::ids::{DeviceId, Seq, UserName};
 use crate::mqtt::{CloseReason, ConnCode, ConnectReq, Inbound, Outbound, PublishIn, Will};
@@ -77,6 +78,9 @@ pub enum Action {
     Apply { ticket: u64, env: UpEnvelope },
     /// Read up to `limit` durable inbox entries after `after`, then call [`Session::on_entries`].
     Fetch { after: Seq, limit: usize },
+    /// The device asked for peer refs: build its table (contacts it knows at `roster_ver`), then
+    /// call [`Session::on_peer_refs`].
+    LoadPeerRefs { roster_ver: u64 },
     /// Save the device's cursor (it need not be flushed).
     SaveCursor(Seq),
     /// Subscribe the router link to this (namespaced) filter.
@@ -140,6 +144,8 @@ pub struct Session {
     next_pkid: u16,
     plain_filters: usize,
     client_max_packet: Option<usize>,
+    /// Set once the device sent `Hello{peer_refs}` and its table was loaded.
+    refs: Option<PeerRefs>,
     out: VecDeque<Action>,
 }
 
@@ -174,6 +180,7 @@ impl Session {
             next_pkid: 1,
             plain_filters: 0,
             client_max_packet: None,
+            refs: None,
             out: VecDeque::new(),
         }
     }
@@ -375,7 +382,7 @@ impl Session {
         let mut pending = PendingUp { ticket, qos: p.qos, pkid: p.pkid, id: String::new(), done: None };
         let Some(user) = self.id.as_ref().map(|i| i.user.clone()) else { return };
         match topic::parse_publish(&p.topic) {
-            Ok(PublishTarget::Up) => match decode_up(&p.payload, &self.cfg.limits) {
+            Ok(PublishTarget::Up) => match decode_up(&p.payload, &self.cfg.limits, self.refs.as_ref()) {
                 Err(e) => {
                     metrics::counter!("tern_envelopes_rejected_total", "code" => e.code.as_str_name())
                         .increment(1);
@@ -392,6 +399,13 @@ impl Session {
                         }
                         UpCmd::Sync { after } => {
                             self.start_sync(env.id.clone(), after);
+                            pending.done = Some(Ok(None));
+                        }
+                        UpCmd::Hello { peer_refs, roster_ver } => {
+                            self.refs = None;
+                            if peer_refs {
+                                self.out.push_back(Action::LoadPeerRefs { roster_ver });
+                            }
                             pending.done = Some(Ok(None));
                         }
                         _ => self.out.push_back(Action::Apply { ticket, env }),
@@ -490,9 +504,31 @@ impl Session {
         }
     }
 
+    /// The peer refs asked for by `Hello`: from now on envelopes name known contacts by ref.
+    pub fn on_peer_refs(&mut self, refs: PeerRefs) {
+        self.refs = Some(refs);
+    }
+
+    /// `payload` as this device should get it: with peer refs where it knows them. A roster
+    /// answer or push teaches the device the refs it carries, so it updates the table first.
+    fn with_refs(&mut self, payload: Bytes) -> Bytes {
+        let Some(refs) = self.refs.as_mut() else { return payload };
+        // Payloads are the server's own encodings; one that does not decode is sent as it is.
+        let Ok(mut down) = v1::Down::decode(payload.clone()) else { return payload };
+        if let Some(down::Body::Roster(roster)) = &down.body {
+            refs.on_roster(roster);
+        }
+        if refs.compact_down(&mut down) {
+            Bytes::from(down.encode_to_vec())
+        } else {
+            payload
+        }
+    }
+
     /// An ephemeral downward envelope (presence, chat state, roster push) for this session.
     pub fn on_live(&mut self, payload: Bytes) {
         if matches!(self.phase, Phase::Open) {
+            let payload = self.with_refs(payload);
             metrics::counter!("tern_envelopes_delivered_total", "path" => "live").increment(1);
             self.send(Outbound::Publish { topic: "d".into(), payload, qos: 0, pkid: 0, retain: false });
         }
@@ -544,10 +580,11 @@ impl Session {
                 self.inflight.push_back(InflightDown { seq: e.seq, pkid: None, acked: true });
                 continue;
             }
+            let down = self.with_refs(e.down);
             // A PUBLISH on `d` adds at most 9 bytes of MQTT framing to the envelope.
             let payload = match self.client_max_packet {
-                Some(max) if e.down.len() + 9 > max => too_large_stub(&e.down),
-                _ => e.down,
+                Some(max) if down.len() + 9 > max => too_large_stub(&down),
+                _ => down,
             };
             let pkid = (self.down_qos == 1).then(|| self.alloc_pkid());
             metrics::counter!("tern_envelopes_delivered_total", "path" => "inbox").increment(1);

@@ -308,7 +308,7 @@ impl Hub {
                 None
             }
             // The session handles these itself; reaching here is harmless.
-            UpCmd::Ack { .. } | UpCmd::Sync { .. } => None,
+            UpCmd::Ack { .. } | UpCmd::Sync { .. } | UpCmd::Hello { .. } => None,
         };
         Ok(Applied { ts, reply })
     }

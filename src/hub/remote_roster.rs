@@ -47,7 +47,11 @@ impl Hub {
         if !pass {
             return Ok(());
         }
-        let body = up::Body::Subscription(v1::Subscription { peer: contact_jid, kind: kind as i32 });
+        let body = up::Body::Subscription(v1::Subscription {
+            peer: contact_jid,
+            kind: kind as i32,
+            ..Default::default()
+        });
         if let (Some(s2s), Some(el)) = (self.s2s.get(), self.stanza_for(from, "", &body)?) {
             s2s.send(contact.domain(), el);
         }

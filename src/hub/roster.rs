@@ -57,7 +57,10 @@ impl Hub {
         let mut pushes = Pushes::new();
         {
             let _guard = self.roster_guard();
-            self.save(&mut pushes, &from.user, &jid.to_string(), ContactRecord::default(), true)?;
+            // The tombstone keeps the ref: refs are never handed to another JID.
+            let tombstone =
+                ContactRecord { peer_ref: rec.peer_ref, ref_ver: rec.ref_ver, ..Default::default() };
+            self.save(&mut pushes, &from.user, &jid.to_string(), tombstone, true)?;
         }
         self.store.committer.durable().await.map_err(internal)?;
         self.push(pushes);
@@ -189,6 +192,7 @@ impl Hub {
                 body: Some(down::Body::Subscription(v1::Subscription {
                     peer: peer.to_owned(),
                     kind: kind as i32,
+                    ..Default::default()
                 })),
                 ..Default::default()
             },
@@ -202,12 +206,11 @@ impl Hub {
         pushes: &mut Pushes,
         user: &UserName,
         jid: &str,
-        rec: ContactRecord,
+        mut rec: ContactRecord,
         visible: bool,
     ) -> Result<(), EnvelopeError> {
-        let item = rec.to_item(jid);
-        if let Some(ver) = self.store.rosters.put(user, jid, rec, visible).map_err(internal)? {
-            pushes.push((user.clone(), v1::Roster { ver, items: vec![item], full: false }));
+        if let Some(ver) = self.store.rosters.put(user, jid, &mut rec, visible).map_err(internal)? {
+            pushes.push((user.clone(), v1::Roster { ver, items: vec![rec.to_item(jid)], full: false }));
         }
         Ok(())
     }

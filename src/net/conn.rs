@@ -310,6 +310,16 @@ impl Driver {
                         }
                     }
                 }
+                Action::LoadPeerRefs { roster_ver } => {
+                    let Some(id) = self.session.identity() else { continue };
+                    match self.shared.hub.store().rosters.peer_refs(&id.user, roster_ver) {
+                        Ok(refs) => self.session.on_peer_refs(refs),
+                        Err(e) => {
+                            tracing::error!(error = %e, "loading peer refs failed; closing the session");
+                            self.session.on_transport_closed();
+                        }
+                    }
+                }
                 Action::SaveCursor(seq) => {
                     self.cursor.unsaved = Some(seq);
                     if seq.0 >= self.cursor.saved.0 + CURSOR_EVERY {

@@ -18,9 +18,17 @@ pub const DEDUPE: u8 = b'm';
 pub const ROSTER: u8 = b'r';
 /// Roster version: `v user \0`.
 pub const ROSTER_VER: u8 = b'v';
+/// Roster contact by peer ref: `p user \0 ref_be` → the contact's bare JID.
+pub const PEER_REF: u8 = b'p';
+/// Last peer ref handed out: `n user \0`. Refs are never handed out twice, even after a
+/// contact is removed, so a device's old ref can never name someone else.
+pub const LAST_PEER_REF: u8 = b'n';
 /// Last inbox sequence number handed out: `s user \0`. Kept apart from the entries so that
 /// pruning every entry never lets a number be handed out twice.
 pub const LAST_SEQ: u8 = b's';
+
+/// Every kind of per-user key: what deleting an account removes.
+pub const PER_USER: [u8; 8] = [INBOX, CURSOR, DEDUPE, ROSTER, ROSTER_VER, PEER_REF, LAST_PEER_REF, LAST_SEQ];
 
 /// The prefix shared by all keys of `kind` for `user`.
 pub fn prefix(kind: u8, user: &UserName) -> Vec<u8> {

@@ -82,8 +82,7 @@ impl Users {
     pub fn remove(&self, user: &UserName) -> Result<bool, StoreError> {
         let removed = self.tree.remove(user.as_str())?.is_some();
         let mut batch = Batch::default();
-        for kind in [keys::INBOX, keys::CURSOR, keys::DEDUPE, keys::ROSTER, keys::ROSTER_VER, keys::LAST_SEQ]
-        {
+        for kind in keys::PER_USER {
             for k in self.data.scan_prefix(&keys::prefix(kind, user)).keys() {
                 batch.remove(keys::DATA, k?);
             }

@@ -166,6 +166,25 @@ class Phone:
         self.send(up, qos=qos)
         return up.id
 
+    # -- peer refs (docs/PROTOCOL.md "Peer refs") --------------------------
+
+    def hello(self, peer_refs: bool = True, roster_ver: int = 0, qos: int = 1) -> None:
+        """Up{hello}: session options for this connection. At QoS 1 its PUBACK says the server
+        has read it; at QoS 0 nothing answers it."""
+        up = self.pb.Up()
+        up.hello.peer_refs, up.hello.roster_ver = peer_refs, roster_ver
+        self.send(up, qos=qos)
+
+    def roster_set(self, jid: str, name: str = ""):
+        """Up{roster_set}; returns the roster push that lists `jid` (it carries its peer_ref)."""
+        up = self.pb.Up(id=new_id("rs"))
+        up.roster_set.jid, up.roster_set.name = jid, name
+        self.send(up)
+        return self.wait_down(
+            lambda d: d.WhichOneof("body") == "roster" and any(i.jid == jid for i in d.roster.items),
+            f"roster push for {jid}",
+        )
+
     # -- group chat (XEP-0045) --------------------------------------------
 
     def join_room(self, room: str, nick: str, history: int = 0, password: str = "") -> str:

@@ -75,6 +75,52 @@ def test_chat_both_ways(pb, tern, phones):
         assert p.subacks == {}
 
 
+def test_peer_refs_name_contacts_by_number_both_ways(pb, tern, phones):
+    """Hello{peer_refs}: a listed contact travels as a small ref instead of its JID."""
+    alice = phones("alice", "alice-phone")
+    bob = phones("bob", "bob-phone")
+    alice.connect()
+    bob.connect()
+    alice.hello(qos=0)
+    bob_jid = tern.jid("bob")
+    push = alice.roster_set(bob_jid, "Bob")
+    (item,) = [i for i in push.roster.items if i.jid == bob_jid]
+    assert item.peer_ref > 0
+    # Down: bob's message names him by ref and resource, without his JID.
+    bob.chat(tern.jid("alice"), "by ref, please")
+    got = alice.wait_chat("by ref, please")
+    assert (got.chat.peer, got.chat.peer_ref, got.chat.resource) == ("", item.peer_ref, "bob-phone")
+    # Up: alice names bob by ref; bob (no Hello) sees her full JID as always.
+    up = pb.Up(id=new_id())
+    up.chat.peer_ref, up.chat.body = item.peer_ref, "to your ref"
+    alice.send(up)
+    assert bob.wait_chat("to your ref").chat.peer == alice.jid
+    # A ref that is not one of alice's is refused with its reason; the session goes on.
+    bad = pb.Up(id=new_id())
+    bad.chat.peer_ref, bad.chat.body = 999, "nobody"
+    alice.send(bad)
+    err = alice.wait_error(pb.Error.BAD_JID)
+    assert (err.id, err.error.text) == (bad.id, "unknown peer_ref 999")
+    # Back after a reconnect, with the roster version it stored: refs again, and a resync
+    # (entries sent before the Hello was read came by JID) resends them by ref.
+    alice.close()
+    bob.chat(tern.jid("alice"), "while you were away")
+    alice2 = phones("alice", "alice-phone")
+    alice2.connect()
+    alice2.wait_chat("while you were away")
+    alice2.hello(roster_ver=push.roster.ver)
+    sync = pb.Up(id=new_id("s"))
+    sync.sync.after = 0
+    alice2.send(sync)
+    again = alice2.wait_chat("while you were away")
+    assert (again.chat.peer, again.chat.peer_ref) == ("", item.peer_ref)
+    # A device that announces an older roster version is not sent a ref it has not seen.
+    alice2.hello(roster_ver=push.roster.ver - 1)
+    bob.chat(tern.jid("alice"), "old roster")
+    later = alice2.wait_chat("old roster")
+    assert (later.chat.peer, later.chat.peer_ref) == (f"{bob_jid}/bob-phone", 0)
+
+
 # --------------------------------------------------------------------------
 # 2. login: token, reconnect with token, wrong password
 # --------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 //! The per-connection tasks of a chat phase: one driver per MQTT connection, and the publishers.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use hdrhistogram::Histogram;
 use prost::Message;
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
-use tern_schemas::v1::{down, receipt, up, Down, Receipt, Up};
+use tern_schemas::v1::{down, receipt, up, Down, Hello, Receipt, RosterItem, Up};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{chat_up, parse_message_id, user_name, Kind, DEVICE, PASSWORD};
+use super::{chat_up, chat_up_by_ref, parse_message_id, user_name, Kind, DEVICE, PASSWORD};
 use crate::report::new_histogram;
 
 pub(crate) struct Ctx {
@@ -200,12 +200,49 @@ fn connection_failed(
     }
 }
 
+/// How a phone names its peer. On tern, during the setup the phone sends `Hello{peer_refs}` and
+/// puts `contact` (a bare JID) on its roster; the roster push carries the contact's peer ref,
+/// which goes into `learnt` (see docs/PROTOCOL.md "Peer refs"). Elsewhere `contact` is `None`.
+#[derive(Clone, Default)]
+pub(crate) struct PeerName {
+    pub(crate) contact: Option<String>,
+    pub(crate) learnt: Arc<OnceLock<u32>>,
+}
+
+impl PeerName {
+    /// Sends the Hello and the roster set; the caller then waits for [`PeerName::learn`].
+    fn start(&self, client: &AsyncClient) -> Result<(), String> {
+        let Some(contact) = &self.contact else { return Ok(()) };
+        let hello =
+            Up { id: String::new(), body: Some(up::Body::Hello(Hello { peer_refs: true, roster_ver: 0 })) };
+        let item = RosterItem { jid: contact.clone(), ..Default::default() };
+        let set = Up { id: "roster".into(), body: Some(up::Body::RosterSet(item)) };
+        client.try_publish("u", QoS::AtMostOnce, false, hello.encode_to_vec()).map_err(|e| e.to_string())?;
+        client.try_publish("u", QoS::AtLeastOnce, false, set.encode_to_vec()).map_err(|e| e.to_string())
+    }
+
+    /// True once `body` (a roster push) told the phone its contact's ref.
+    fn learn(&self, body: &Option<down::Body>) -> bool {
+        let (Some(contact), Some(down::Body::Roster(r))) = (&self.contact, body) else { return false };
+        match r.items.iter().find(|i| &i.jid == contact && i.peer_ref != 0) {
+            Some(item) => self.learnt.set(item.peer_ref).is_ok() || self.learnt.get() == Some(&item.peer_ref),
+            None => false,
+        }
+    }
+
+    /// Whether the phone is still waiting for its contact's ref.
+    fn waiting(&self) -> bool {
+        self.contact.is_some() && self.learnt.get().is_none()
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn sender_driver(
     ctx: Arc<Ctx>,
     client: AsyncClient,
     mut el: EventLoop,
     expect_acks: u64,
+    peer: PeerName,
     notes: mpsc::UnboundedSender<Note>,
     mut stop: watch::Receiver<bool>,
 ) -> SenderStats {
@@ -216,10 +253,11 @@ pub(crate) async fn sender_driver(
         tokio::select! {
             _ = stop.changed() => break,
             _ = async { token_wait.as_mut().unwrap().await }, if token_wait.is_some() => {
-                // tern always sends a token after a password login; do not hang if it does not.
+                // tern always sends a token after a password login, and a push after a roster
+                // set; do not hang if it does not.
                 token_wait = None;
                 ready = true;
-                st.errors.push("no Down{token} within 5 s of CONNACK".into());
+                st.errors.push("no Down{token} or roster push within 5 s".into());
                 let _ = notes.send(Note::Ready);
             }
             ev = el.poll() => match ev {
@@ -236,7 +274,8 @@ pub(crate) async fn sender_driver(
                         }
                     }
                 }
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                // The roster set's PUBACK is part of the setup.
+                Ok(Event::Incoming(Packet::PubAck(_))) if ctx.running() => {
                     st.acked += 1;
                     if st.acked == expect_acks && (!ctx.receipts || st.receipts >= expect_acks) {
                         let _ = notes.send(Note::SenderDone);
@@ -244,7 +283,19 @@ pub(crate) async fn sender_driver(
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => match ctx.kind {
                     Kind::Tern => match Down::decode(p.payload.as_ref()).ok().and_then(|d| d.body) {
+                        Some(down::Body::Token(_)) if !ready && peer.waiting() => {
+                            if let Err(e) = peer.start(&client) {
+                                let _ = notes.send(Note::SetupFailed(format!("hello: {e}")));
+                                break;
+                            }
+                            token_wait = Some(Box::pin(tokio::time::sleep(Duration::from_secs(5))));
+                        }
                         Some(down::Body::Token(_)) if !ready => {
+                            ready = true;
+                            token_wait = None;
+                            let _ = notes.send(Note::Ready);
+                        }
+                        body @ Some(down::Body::Roster(_)) if !ready && peer.learn(&body) => {
                             ready = true;
                             token_wait = None;
                             let _ = notes.send(Note::Ready);
@@ -293,6 +344,7 @@ pub(crate) async fn recipient_driver(
     pair: usize,
     expect: u64,
     expected_peer: String,
+    peer: PeerName,
     notes: mpsc::UnboundedSender<Note>,
     mut stop: watch::Receiver<bool>,
 ) -> RecipientStats {
@@ -315,7 +367,7 @@ pub(crate) async fn recipient_driver(
             _ = async { token_wait.as_mut().unwrap().await }, if token_wait.is_some() => {
                 token_wait = None;
                 ready = true;
-                st.errors.push("no Down{token} within 5 s of CONNACK".into());
+                st.errors.push("no Down{token} or roster push within 5 s".into());
                 let _ = notes.send(Note::Ready);
             }
             ev = el.poll() => match ev {
@@ -342,7 +394,8 @@ pub(crate) async fn recipient_driver(
                     let chat = match ctx.kind {
                         Kind::Tern => match Down::decode(p.payload.as_ref()) {
                             Ok(Down { seq, id, body: Some(down::Body::Chat(c)) }) if p.topic == "d" => {
-                                if c.peer != expected_peer {
+                                let by_ref = c.peer_ref != 0 && peer.learnt.get() == Some(&c.peer_ref);
+                                if !(c.peer == expected_peer || by_ref && c.resource == DEVICE) {
                                     st.wrong_peer += 1;
                                 }
                                 if seq <= last_seq {
@@ -351,11 +404,25 @@ pub(crate) async fn recipient_driver(
                                 last_seq = seq;
                                 if ctx.receipts && ctx.running() {
                                     // XMPP senders asked for one (XEP-0184), as tern tells phones.
-                                    receipts.push_back(receipt_up(&id, c.peer));
+                                    receipts.push_back(receipt_up(&id, c.peer, c.peer_ref));
                                 }
                                 Some((id, c.body))
                             }
+                            Ok(Down { body: Some(down::Body::Token(_)), .. }) if !ready && peer.waiting() => {
+                                if let Err(e) = peer.start(&client) {
+                                    let _ = notes.send(Note::SetupFailed(format!("hello: {e}")));
+                                    break;
+                                }
+                                token_wait = Some(Box::pin(tokio::time::sleep(Duration::from_secs(5))));
+                                continue;
+                            }
                             Ok(Down { body: Some(down::Body::Token(_)), .. }) if !ready => {
+                                ready = true;
+                                token_wait = None;
+                                let _ = notes.send(Note::Ready);
+                                continue;
+                            }
+                            Ok(Down { body, .. }) if !ready && peer.learn(&body) => {
                                 ready = true;
                                 token_wait = None;
                                 let _ = notes.send(Note::Ready);
@@ -404,9 +471,10 @@ pub(crate) async fn recipient_driver(
     st
 }
 
-/// The delivery receipt a phone sends for chat message `id` from `peer`.
-fn receipt_up(id: &str, peer: String) -> Vec<u8> {
-    let receipt = Receipt { peer, id: id.to_owned(), kind: receipt::Kind::Delivered as i32, outgoing: false };
+/// The delivery receipt a phone sends for chat message `id` from `peer` (or `peer_ref`).
+fn receipt_up(id: &str, peer: String, peer_ref: u32) -> Vec<u8> {
+    let receipt =
+        Receipt { peer, peer_ref, id: id.to_owned(), kind: receipt::Kind::Delivered as i32, outgoing: false };
     Up { id: format!("r{id}"), body: Some(up::Body::Receipt(receipt)) }.encode_to_vec()
 }
 
@@ -443,6 +511,7 @@ pub(crate) async fn publisher(
     client: AsyncClient,
     topic: String,
     peer: String,
+    peer_ref: Arc<OnceLock<u32>>,
     n: u64,
     schedule: Schedule,
 ) -> (u64, u64) {
@@ -454,7 +523,10 @@ pub(crate) async fn publisher(
         if schedule.late(at) {
             late += 1;
         }
-        let payload = chat_up(k, &peer, micros_since(ctx.epoch));
+        let payload = match peer_ref.get() {
+            Some(&r) => chat_up_by_ref(k, r, micros_since(ctx.epoch)),
+            None => chat_up(k, &peer, micros_since(ctx.epoch)),
+        };
         match tokio::time::timeout_at(
             schedule.deadline,
             client.publish(topic.as_str(), QoS::AtLeastOnce, false, payload),

@@ -12,8 +12,8 @@ use tern_bridge::Jid;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::drivers::{client, publisher, recipient_driver, sender_driver, Ctx, Note, Schedule};
-use super::{chat_up, user_name, Phase, Settings, DEVICE, PASSWORD, SETTLE};
+use super::drivers::{client, publisher, recipient_driver, sender_driver, Ctx, Note, PeerName, Schedule};
+use super::{chat_up_by_ref, user_name, Phase, Settings, DEVICE, PASSWORD, SETTLE};
 use crate::brokers::{self, Broker};
 use crate::prosody::Prosody;
 use crate::proxy::{Proxy, Snapshot};
@@ -103,8 +103,20 @@ pub(crate) async fn run_phase(
     let mut senders = Vec::new();
     let mut recipient_tasks = Vec::new();
     let mut sender_handles = Vec::new();
+    let mut sender_refs = Vec::new();
+    // tern phones learn their peer's ref during the setup; mosquitto's payload gets a ref of
+    // the same size, so both carry the same bytes.
+    let peer_name = |contact: String| match mqtt_kind {
+        Kind::Tern => PeerName { contact: Some(contact), ..Default::default() },
+        Kind::Mosquitto | Kind::Xmpp => {
+            let name = PeerName::default();
+            let _ = name.learnt.set(1);
+            name
+        }
+    };
     for i in 0..pairs {
-        let expected_peer = format!("{}@{domain}/{DEVICE}", user_name(phase.tag, 's', i));
+        let sender_bare = format!("{}@{domain}", user_name(phase.tag, 's', i));
+        let expected_peer = format!("{sender_bare}/{DEVICE}");
         let recipient = user_name(phase.tag, 'r', i);
         recipient_tasks.push(if xmpp_recipients {
             tokio::spawn(xmpp::drivers::recipient_driver(
@@ -124,6 +136,7 @@ pub(crate) async fn run_phase(
                 i,
                 per_pair,
                 expected_peer,
+                peer_name(sender_bare),
                 notes_tx.clone(),
                 stop_rx.clone(),
             ))
@@ -145,11 +158,14 @@ pub(crate) async fn run_phase(
         }
         let (sc, sel) = client(kind, phase.tag, 's', i, sender_addr, s.inflight_per_sender);
         sender_handles.push(SenderHandle::Mqtt(sc.clone()));
+        let name = peer_name(format!("{recipient}@{recipient_domain}"));
+        sender_refs.push(name.learnt.clone());
         senders.push(tokio::spawn(sender_driver(
             ctx.clone(),
             sc,
             sel,
             per_pair,
+            name,
             notes_tx.clone(),
             stop_rx.clone(),
         )));
@@ -199,6 +215,7 @@ pub(crate) async fn run_phase(
     let deadline = start + Duration::from_secs(s.timeout_s);
     let rate_per_pair = phase.rate.map(|r| r / pairs as f64);
     let mut publishers = Vec::new();
+    let mut sender_refs = sender_refs.into_iter();
     for (i, handle) in sender_handles.into_iter().enumerate() {
         // Spread the senders evenly over one period of the total rate.
         let offset = phase.rate.map_or(Duration::ZERO, |r| Duration::from_secs_f64(i as f64 / r));
@@ -215,7 +232,16 @@ pub(crate) async fn run_phase(
             Kind::Mosquitto | Kind::Xmpp => format!("c/{i}"),
         };
         let peer = format!("{}@{recipient_domain}", user_name(phase.tag, 'r', i));
-        publishers.push(tokio::spawn(publisher(ctx.clone(), client, topic, peer, per_pair, schedule)));
+        let peer_ref = sender_refs.next().unwrap_or_default();
+        publishers.push(tokio::spawn(publisher(
+            ctx.clone(),
+            client,
+            topic,
+            peer,
+            peer_ref,
+            per_pair,
+            schedule,
+        )));
     }
     let (mut senders_done, mut recipients_done) = (0, 0);
     let mut progress = Progress::new(kind, recipients, phase, per_pair * pairs as u64);
@@ -292,8 +318,7 @@ pub(crate) async fn run_phase(
     res.unsent = res.messages - res.published;
     res.latency = Latency::of(&hist);
     if kind != Kind::Xmpp {
-        res.up_payload_bytes =
-            chat_up(0, &format!("{}@{recipient_domain}", user_name(phase.tag, 'r', 0)), 0).len();
+        res.up_payload_bytes = chat_up_by_ref(0, 1, 0).len();
     }
     if let Some(last) = last_delivery {
         res.elapsed_s = round(last.saturating_duration_since(start).as_secs_f64(), 4);

@@ -46,8 +46,7 @@ fn message_body(m: &Message) -> Option<down::Body> {
             body: body.clone(),
             thread: m.thread.clone().unwrap_or_default(),
             r#type: type_ as i32,
-            ts: 0,
-            outgoing: false,
+            ..Default::default()
         }));
     }
     if let Some((id, kind)) = receipt_of(m) {
@@ -55,12 +54,16 @@ fn message_body(m: &Message) -> Option<down::Body> {
             peer: from.to_string(),
             id,
             kind: kind as i32,
-            outgoing: false,
+            ..Default::default()
         }));
     }
     let state =
         m.payloads.iter().filter(|p| p.ns() == NS_CHATSTATES).find_map(|p| chat_state_of(p.name()))?;
-    Some(down::Body::ChatState(v1::ChatState { peer: from.to_string(), state: state as i32 }))
+    Some(down::Body::ChatState(v1::ChatState {
+        peer: from.to_string(),
+        state: state as i32,
+        ..Default::default()
+    }))
 }
 
 /// The message id and kind a bodiless message acknowledges, if it is a receipt or marker.
@@ -120,10 +123,15 @@ fn presence_body(p: &Presence) -> Option<down::Body> {
         show: show as i32,
         status: p.status.clone().unwrap_or_default(),
         priority: i32::from(p.priority),
+        ..Default::default()
     }))
 }
 
 /// Subscriptions are about bare JIDs even when a client stamped its full one (RFC 6121 §3.1.3).
 fn subscription_body(from: &Jid, kind: subscription::Kind) -> down::Body {
-    down::Body::Subscription(v1::Subscription { peer: from.bare_str(), kind: kind as i32 })
+    down::Body::Subscription(v1::Subscription {
+        peer: from.bare_str(),
+        kind: kind as i32,
+        ..Default::default()
+    })
 }

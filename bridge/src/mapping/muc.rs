@@ -203,7 +203,7 @@ fn message_event(m: &Message) -> Result<Option<RoomEvent>, MucError> {
             thread: m.thread.clone().unwrap_or_default(),
             r#type: v1::MessageType::Groupchat as i32,
             ts,
-            outgoing: false,
+            ..Default::default()
         })));
     }
     // A subject message has a subject and no body (XEP-0045 §8.1); an empty one clears it.

@@ -127,6 +127,7 @@ fn groupchat_messages_history_and_subject() {
         r#type: v1::MessageType::Groupchat as i32,
         ts,
         outgoing: false,
+        ..Default::default()
     };
     assert_eq!(live, Ok(Some(RoomEvent::Message(chat(0)))));
     let history = event(

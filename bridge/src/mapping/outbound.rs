@@ -99,6 +99,7 @@ pub fn outbound(sender: &Jid, id: &str, body: &up::Body) -> Result<Option<Stanza
         | up::Body::RosterRemove(_)
         | up::Body::Ack(_)
         | up::Body::Sync(_)
+        | up::Body::Hello(_)
         // Joins and leaves depend on the membership the caller holds: see `muc`.
         | up::Body::RoomJoin(_)
         | up::Body::RoomLeave(_) => return Ok(None),

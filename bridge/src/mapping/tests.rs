@@ -35,6 +35,7 @@ fn chat(peer: &str, body: &str, thread: &str, type_: v1::MessageType) -> v1::Cha
         r#type: type_ as i32,
         ts: 0,
         outgoing: false,
+        ..Default::default()
     }
 }
 
@@ -62,6 +63,7 @@ fn outbound_receipts_and_chat_states() {
         id: "b4e3f2".into(),
         kind: receipt::Kind::Delivered as i32,
         outgoing: false,
+        ..Default::default()
     };
     assert_eq!(
         out_xml("r1", up::Body::Receipt(delivered.clone())),
@@ -76,8 +78,11 @@ fn outbound_receipts_and_chat_states() {
          type='chat'><displayed xmlns='urn:xmpp:chat-markers:0' id='b4e3f2'/>\
          <store xmlns='urn:xmpp:hints'/></message>"
     );
-    let composing =
-        v1::ChatState { peer: "bob@example.org".into(), state: chat_state::State::Composing as i32 };
+    let composing = v1::ChatState {
+        peer: "bob@example.org".into(),
+        state: chat_state::State::Composing as i32,
+        ..Default::default()
+    };
     assert_eq!(
         out_xml("", up::Body::ChatState(composing)),
         "<message xmlns='jabber:server' from='alice@tern.test/phone' to='bob@example.org' type='chat'>\
@@ -92,6 +97,7 @@ fn outbound_presence_and_subscription() {
         show: presence::Show::Away as i32,
         status: "lunch".into(),
         priority: 5,
+        ..Default::default()
     };
     assert_eq!(
         out_xml("p1", up::Body::Presence(away)),
@@ -107,6 +113,7 @@ fn outbound_presence_and_subscription() {
         show: presence::Show::Unavailable as i32,
         status: String::new(),
         priority: 3,
+        ..Default::default()
     };
     assert_eq!(
         out_xml("", up::Body::Presence(offline)),
@@ -116,6 +123,7 @@ fn outbound_presence_and_subscription() {
     let sub = v1::Subscription {
         peer: "bob@example.org/laptop".into(),
         kind: subscription::Kind::Subscribe as i32,
+        ..Default::default()
     };
     assert_eq!(
         out_xml("s1", up::Body::Subscription(sub)),
@@ -126,7 +134,8 @@ fn outbound_presence_and_subscription() {
         (subscription::Kind::Unsubscribe, "unsubscribe"),
         (subscription::Kind::Unsubscribed, "unsubscribed"),
     ] {
-        let sub = v1::Subscription { peer: "bob@example.org".into(), kind: kind as i32 };
+        let sub =
+            v1::Subscription { peer: "bob@example.org".into(), kind: kind as i32, ..Default::default() };
         assert!(out_xml("", up::Body::Subscription(sub)).ends_with(&format!("type='{t}'/>")));
     }
 }
@@ -215,6 +224,7 @@ fn inbound_receipts() {
                 id: id.into(),
                 kind: kind as i32,
                 outgoing: false,
+                ..Default::default()
             }),
         ))
     };
@@ -240,8 +250,11 @@ fn inbound_chat_state_and_ignored() {
          type='chat'><paused xmlns='http://jabber.org/protocol/chatstates'/>\
          <no-store xmlns='urn:xmpp:hints'/></message>",
     );
-    let want =
-        v1::ChatState { peer: "bob@example.org/laptop".into(), state: chat_state::State::Paused as i32 };
+    let want = v1::ChatState {
+        peer: "bob@example.org/laptop".into(),
+        state: chat_state::State::Paused as i32,
+        ..Default::default()
+    };
     assert_eq!(got, Some((alice(), down::Body::ChatState(want))));
     for xml in [
         // Only unknown payloads.
@@ -272,6 +285,7 @@ fn inbound_presence_and_subscription() {
         show: presence::Show::Xa as i32,
         status: "gone fishing".into(),
         priority: -1,
+        ..Default::default()
     };
     assert_eq!(got, Some((jid("alice@tern.test"), down::Body::Presence(want))));
     let gone = in_body("<presence xmlns='jabber:server' from='bob@example.org/laptop' to='alice@tern.test' type='unavailable'/>");
@@ -282,8 +296,11 @@ fn inbound_presence_and_subscription() {
     };
     assert_eq!(gone, Some((jid("alice@tern.test"), down::Body::Presence(want))));
     let sub = in_body("<presence xmlns='jabber:server' from='bob@example.org/laptop' to='alice@tern.test' type='subscribed'/>");
-    let want =
-        v1::Subscription { peer: "bob@example.org".into(), kind: subscription::Kind::Subscribed as i32 };
+    let want = v1::Subscription {
+        peer: "bob@example.org".into(),
+        kind: subscription::Kind::Subscribed as i32,
+        ..Default::default()
+    };
     assert_eq!(sub, Some((jid("alice@tern.test"), down::Body::Subscription(want))));
 }
 
@@ -297,17 +314,28 @@ fn round_trips_through_xmpp() {
             down::Body::Chat(chat("alice@tern.test/phone", "hi", "t", v1::MessageType::Chat)),
         ),
         (
-            up::Body::Receipt(v1::Receipt { peer: bob.into(), id: "m1".into(), kind: 1, outgoing: false }),
+            up::Body::Receipt(v1::Receipt {
+                peer: bob.into(),
+                id: "m1".into(),
+                kind: 1,
+                outgoing: false,
+                ..Default::default()
+            }),
             down::Body::Receipt(v1::Receipt {
                 peer: "alice@tern.test/phone".into(),
                 id: "m1".into(),
                 kind: 1,
                 outgoing: false,
+                ..Default::default()
             }),
         ),
         (
-            up::Body::ChatState(v1::ChatState { peer: bob.into(), state: 4 }),
-            down::Body::ChatState(v1::ChatState { peer: "alice@tern.test/phone".into(), state: 4 }),
+            up::Body::ChatState(v1::ChatState { peer: bob.into(), state: 4, ..Default::default() }),
+            down::Body::ChatState(v1::ChatState {
+                peer: "alice@tern.test/phone".into(),
+                state: 4,
+                ..Default::default()
+            }),
         ),
         (
             up::Body::Presence(v1::Presence {
@@ -315,17 +343,23 @@ fn round_trips_through_xmpp() {
                 show: 3,
                 status: "busy".into(),
                 priority: -3,
+                ..Default::default()
             }),
             down::Body::Presence(v1::Presence {
                 peer: "alice@tern.test/phone".into(),
                 show: 3,
                 status: "busy".into(),
                 priority: -3,
+                ..Default::default()
             }),
         ),
         (
-            up::Body::Subscription(v1::Subscription { peer: bob.into(), kind: 3 }),
-            down::Body::Subscription(v1::Subscription { peer: "alice@tern.test".into(), kind: 3 }),
+            up::Body::Subscription(v1::Subscription { peer: bob.into(), kind: 3, ..Default::default() }),
+            down::Body::Subscription(v1::Subscription {
+                peer: "alice@tern.test".into(),
+                kind: 3,
+                ..Default::default()
+            }),
         ),
     ];
     for (up_body, want) in cases {

@@ -460,3 +460,83 @@ fn an_entry_larger_than_the_client_accepts_is_replaced_by_an_error_and_passed() 
     assert_eq!((sent[0].seq, sent[0].id.as_str()), (1, "big"));
     assert!(matches!(sent[0].body, Some(down::Body::Error(ref e)) if e.code == Code::TooLarge as i32));
 }
+
+/// Every `Down` the session published on `d`.
+fn downs(actions: &[Action]) -> Vec<v1::Down> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(Outbound::Publish { topic, payload, .. }) if topic == "d" => {
+                v1::Down::decode(payload.clone()).ok()
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn chat_entry(seq: u64, peer: &str) -> StoredEntry {
+    let chat = v1::Chat { peer: peer.into(), body: "hi".into(), ..Default::default() };
+    let down = v1::Down { seq, id: format!("m{seq}"), body: Some(down::Body::Chat(chat)) };
+    StoredEntry { seq: Seq(seq), origin: None, ts_ms: 0, down: Bytes::from(down.encode_to_vec()) }
+}
+
+#[test]
+fn hello_turns_on_peer_refs_which_roster_pushes_teach() {
+    let now = Instant::now();
+    let (mut s, _) = open(now, Some(0), 0);
+    let hello = v1::Up {
+        id: String::new(),
+        body: Some(v1::up::Body::Hello(v1::Hello { peer_refs: true, roster_ver: 4 })),
+    };
+    s.on_packet(now, publish("u", Bytes::from(hello.encode_to_vec()), 0, 0));
+    let a = drain(&mut s);
+    // Nothing answers a QoS 0 Hello; the driver is asked for the table.
+    assert_eq!(a, vec![Action::LoadPeerRefs { roster_ver: 4 }]);
+    s.on_peer_refs(PeerRefs::new([("bob@x".to_owned(), 1, true)]));
+    // A push teaches carol's ref; the next envelopes name both by ref.
+    let item = v1::RosterItem { jid: "carol@y".into(), peer_ref: 2, sub: 3, ..Default::default() };
+    let push = v1::Down {
+        body: Some(down::Body::Roster(v1::Roster { ver: 5, items: vec![item], full: false })),
+        ..Default::default()
+    };
+    s.on_live(Bytes::from(push.encode_to_vec()));
+    s.on_wake(Seq(3));
+    drain(&mut s);
+    s.on_entries(vec![chat_entry(1, "bob@x/phone"), chat_entry(2, "carol@y"), chat_entry(3, "eve@z/pc")]);
+    let got: Vec<_> = downs(&drain(&mut s))
+        .into_iter()
+        .filter_map(|d| match d.body {
+            Some(down::Body::Chat(c)) => Some((c.peer, c.peer_ref, c.resource)),
+            _ => None,
+        })
+        .collect();
+    let want = [("", 1, "phone"), ("", 2, ""), ("eve@z/pc", 0, "")];
+    let want: Vec<_> = want.iter().map(|(p, r, res)| (p.to_string(), *r, res.to_string())).collect();
+    assert_eq!(got, want);
+    // Up envelopes may name them by ref too; an unknown ref is refused with its reason.
+    let up = |peer_ref| v1::Up {
+        id: "u1".into(),
+        body: Some(v1::up::Body::Chat(v1::Chat { peer_ref, body: "yo".into(), ..Default::default() })),
+    };
+    s.on_packet(now, publish("u", Bytes::from(up(2).encode_to_vec()), 1, 7));
+    let ticket = drain(&mut s)
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Apply { ticket, env } => match &env.cmd {
+                UpCmd::Chat { to, .. } if to.to_string() == "carol@y" => Some(ticket),
+                _ => None,
+            },
+            _ => None,
+        })
+        .expect("the chat by ref is applied to carol");
+    s.on_packet(now, publish("u", Bytes::from(up(9).encode_to_vec()), 0, 0));
+    s.on_applied(ticket, Ok(Applied { ts: 1, reply: None }));
+    let errors: Vec<_> = downs(&drain(&mut s))
+        .into_iter()
+        .filter_map(|d| match d.body {
+            Some(down::Body::Error(e)) => Some(e.text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors, vec!["unknown peer_ref 9".to_owned()]);
+}
