@@ -25,6 +25,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The durable inbox.
     pub inbox: InboxConfig,
+    /// The database under the inbox.
+    pub store: StoreConfig,
     /// Envelope field limits.
     pub limits: LimitsConfig,
     /// The Prometheus endpoint.
@@ -198,6 +200,21 @@ pub struct InboxConfig {
     pub sync_interval_ms: u64,
 }
 
+/// The sled database (`<data_dir>/db`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// sled's page cache, in MiB. Writes reach sled only at checkpoints, so this mostly serves
+    /// reads of what is older than the last checkpoint (backlogs, rosters).
+    pub cache_mb: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { cache_mb: crate::store::DEFAULT_CACHE_MB }
+    }
+}
+
 /// What a PUBACK (or any other acknowledgement of a stored write) promises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -239,6 +256,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             inbox: InboxConfig::default(),
+            store: StoreConfig::default(),
             limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
             s2s: S2sConfig::default(),
@@ -362,6 +380,7 @@ impl Config {
             "mqtt.max_inflight must be 1..=65000"
         );
         anyhow::ensure!(self.mqtt.max_pending_up >= 1, "mqtt.max_pending_up must be at least 1");
+        anyhow::ensure!((1..=1 << 20).contains(&self.store.cache_mb), "store.cache_mb must be 1..=1048576");
         anyhow::ensure!(
             self.inbox.max_entries_per_user >= 1,
             "inbox.max_entries_per_user must be at least 1"
@@ -409,6 +428,7 @@ mod tests {
         assert_eq!(c.mqtt.max_packet, d.mqtt.max_packet);
         assert_eq!(c.inbox.max_entries_per_user, d.inbox.max_entries_per_user);
         assert_eq!((c.inbox.sync, c.inbox.sync_interval_ms), (d.inbox.sync, d.inbox.sync_interval_ms));
+        assert_eq!(c.store.cache_mb, d.store.cache_mb);
         assert_eq!(c.metrics.listen, d.metrics.listen);
         assert_eq!(c.s2s.listen, d.s2s.listen);
         assert_eq!(c.s2s.tls, d.s2s.tls);
@@ -421,6 +441,8 @@ mod tests {
         assert!(Config::parse("domain = \"a@b\"").is_err());
         assert!(Config::parse("[mqtt]\nmax_inflight = 0").is_err());
         assert!(Config::parse("unknown = 1").is_err());
+        assert!(Config::parse("[store]\ncache_mb = 0").is_err());
+        assert_eq!(Config::parse("[store]\ncache_mb = 64").unwrap().store.cache_mb, 64);
         assert!(Config::parse("[mqtt]\ntcp = \"nonsense\"").is_err());
         assert_eq!(Config::parse("[mqtt]\ntls = \"off\"").unwrap().mqtt.tls, Listen(None));
         assert!(Config::parse("[s2s]\ntls = \"maybe\"").is_err());

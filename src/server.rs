@@ -29,7 +29,7 @@ pub struct Bound {
 /// Starts everything and returns the bound addresses; the tasks run on the current runtime.
 pub async fn start(config: Config) -> anyhow::Result<Bound> {
     let durability = Durability::new(config.inbox.sync, Duration::from_millis(config.inbox.sync_interval_ms));
-    let store = Store::open(&config.data_dir, durability)?;
+    let store = Store::open_with(&config.data_dir, durability, config.store.cache_mb)?;
     let depth = store.inbox.count_all();
     metrics::gauge!("tern_inbox_depth").set(depth as f64);
 

@@ -90,6 +90,7 @@ impl Committer {
             opened: Instant::now(),
             syncer,
             checkpointing: Arc::new(AtomicBool::new(false)),
+            spare: Vec::new(),
         };
         std::thread::Builder::new()
             .name("tern-journal".into())
@@ -127,12 +128,13 @@ struct Run {
     opened: Instant,
     syncer: Option<Syncer>,
     checkpointing: Arc<AtomicBool>,
+    /// The emptied buffer of the last write, reused for the next.
+    spare: Vec<u8>,
 }
 
 impl Run {
     fn run(mut self, rx: mpsc::Receiver<Waiter>) {
         let mut waiters = Vec::new();
-        let mut spare = Vec::new();
         loop {
             match rx.recv_timeout(IDLE_FLUSH) {
                 Ok(w) => waiters.push(w),
@@ -145,30 +147,7 @@ impl Run {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             waiters.extend(rx.try_iter());
-            // Everything appended before this point is in the buffer taken below.
-            let pending = self.inbox.take_pending();
-            let bytes = self.journal.take_buffered(spare);
-            let started = Instant::now();
-            let result = self.write(&bytes);
-            metrics::histogram!("tern_store_flush_seconds").record(started.elapsed().as_secs_f64());
-            metrics::histogram!("tern_store_flush_batch").record(waiters.len() as f64);
-            if result.is_ok() {
-                metrics::counter!("tern_journal_bytes_total").increment(bytes.len() as u64);
-                self.inbox.mark_durable(&pending);
-                if let Some(announce) = self.announce.get() {
-                    announce(&pending);
-                }
-                spare = bytes;
-            } else {
-                // Not durable: keep both so that the next successful commit covers them.
-                self.inbox.restore_pending(pending);
-                self.journal.restore_buffered(bytes);
-                spare = Vec::new();
-            }
-            for waiter in waiters.drain(..) {
-                // A writer that gave up waiting is not an error for the others.
-                let _ = waiter.send(result.clone());
-            }
+            self.round(&mut waiters);
             self.maybe_checkpoint();
         }
         // Shutting down: whatever is buffered still goes out.
@@ -176,6 +155,36 @@ impl Run {
         if let Err(e) = self.file.append(&bytes).and_then(|_| self.file.file.sync_data()) {
             tracing::error!(error = %e, "journal: final write failed");
         }
+    }
+
+    /// One group commit: writes (and syncs) every buffered record, moves the durable marks of
+    /// the entries it covered and releases `waiters`. False when the write failed.
+    fn round(&mut self, waiters: &mut Vec<Waiter>) -> bool {
+        // Everything appended before this point is in the buffer taken below.
+        let pending = self.inbox.take_pending();
+        let bytes = self.journal.take_buffered(std::mem::take(&mut self.spare));
+        let started = Instant::now();
+        let result = self.write(&bytes);
+        metrics::histogram!("tern_store_flush_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("tern_store_flush_batch").record(waiters.len() as f64);
+        let ok = result.is_ok();
+        if ok {
+            metrics::counter!("tern_journal_bytes_total").increment(bytes.len() as u64);
+            self.inbox.mark_durable(&pending);
+            if let Some(announce) = self.announce.get() {
+                announce(&pending);
+            }
+            self.spare = bytes;
+        } else {
+            // Not durable: keep both so that the next successful commit covers them.
+            self.inbox.restore_pending(pending);
+            self.journal.restore_buffered(bytes);
+        }
+        for waiter in waiters.drain(..) {
+            // A writer that gave up waiting is not an error for the others.
+            let _ = waiter.send(result.clone());
+        }
+        ok
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
@@ -200,6 +209,18 @@ impl Run {
         let due = self.file.len >= self.checkpoint_bytes
             || (self.file.len > 0 && self.opened.elapsed() >= CHECKPOINT_EVERY);
         if !due || self.checkpointing.load(Ordering::Acquire) {
+            return;
+        }
+        // Entries every device acknowledged go now, while most of their puts are still in the
+        // active layer, where each put and its removal cancel: sled never sees them. The
+        // removals are written to the file about to be retired, so that no file the checkpoint
+        // deletes holds a put whose removal is only in a newer one; if that write fails, the
+        // checkpoint waits for a later round.
+        match self.inbox.drop_acked() {
+            Ok(n) => metrics::counter!("tern_inbox_dropped_before_checkpoint_total").increment(n),
+            Err(e) => tracing::error!(error = %e, "dropping acknowledged entries failed"),
+        }
+        if (self.journal.has_buffered() || self.inbox.has_pending()) && !self.round(&mut Vec::new()) {
             return;
         }
         let next = match ActiveFile::create(&self.dir, self.file.index + 1) {

@@ -88,12 +88,20 @@ pub struct Inbox {
     // plus one journal commit, and a single lock keeps seq order equal to journal order across
     // users.
     marks: Mutex<HashMap<UserName, Marks>>,
+    /// Users with entries made durable since the last [`Inbox::drop_acked`], each with its
+    /// highest durable entry then.
+    touched: Mutex<HashMap<UserName, Seq>>,
 }
 
 impl Inbox {
     /// Wraps the `data` table.
     pub fn new(tree: Table) -> Inbox {
-        Inbox { tree, pending: Mutex::new(HashMap::new()), marks: Mutex::new(HashMap::new()) }
+        Inbox {
+            tree,
+            pending: Mutex::new(HashMap::new()),
+            marks: Mutex::new(HashMap::new()),
+            touched: Mutex::new(HashMap::new()),
+        }
     }
 
     fn load_marks(&self, user: &UserName) -> Result<Marks, StoreError> {
@@ -152,7 +160,9 @@ impl Inbox {
             m.last += 1;
             d.down.seq = m.last;
             let entry = encode_entry(now_ms, d.origin.as_ref(), &d.down);
-            batch.insert(keys::DATA, keys::inbox(&d.user, Seq(m.last)), entry);
+            // A number above every entry of the user: nothing holds this key, so the memtable
+            // may forget it if it is pruned before its checkpoint (see `drop_acked`).
+            batch.create(keys::DATA, keys::inbox(&d.user, Seq(m.last)), entry);
             if m.last == 1 {
                 // Marks the user as having an inbox (retention walks these keys); the number
                 // itself comes from the newest entry, which saves a write per message.
@@ -199,11 +209,18 @@ impl Inbox {
 
     /// Moves the durable marks after a commit that covered `stored`.
     pub fn mark_durable(&self, stored: &[(UserName, Seq)]) {
-        let mut marks = self.lock();
-        for (user, seq) in stored {
-            if let Some(m) = marks.get_mut(user) {
-                m.durable = m.durable.max(seq.0);
+        {
+            let mut marks = self.lock();
+            for (user, seq) in stored {
+                if let Some(m) = marks.get_mut(user) {
+                    m.durable = m.durable.max(seq.0);
+                }
             }
+        }
+        let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        for (user, seq) in stored {
+            let slot = touched.entry(user.clone()).or_insert(*seq);
+            *slot = (*slot).max(*seq);
         }
     }
 
@@ -287,13 +304,57 @@ impl Inbox {
         Ok(pruned)
     }
 
-    fn prune_user(&self, user: &UserName, now_ms: u64, rules: Retention) -> Result<u64, StoreError> {
-        let mut acked_by_all: Option<u64> = None;
+    /// Retention's first rule, for the users that got entries since the last call only: removes
+    /// their entries that every device has acknowledged, journaled as `prune` does (so that a
+    /// replay cannot bring them back), and returns how many went.
+    ///
+    /// The committer calls this just before a checkpoint freezes the memtable. An entry is
+    /// usually acknowledged within milliseconds of being stored, long before its checkpoint, so
+    /// its put is still in the active layer and the removal cancels it there (the key was
+    /// created, see [`Batch::create`]): sled never sees the entry. Without this, every entry
+    /// went into sled at its checkpoint and out again at the next retention pass. Dedupe
+    /// records and cursors are left alone; the newest entry stays, as in `prune`.
+    ///
+    /// Commits without waiting for room in the memtable (see [`Table::commit_unthrottled`]),
+    /// and never takes the append lock, which a writer waiting for room may hold.
+    pub fn drop_acked(&self) -> Result<u64, StoreError> {
+        let touched = std::mem::take(&mut *self.touched.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut n = 0;
+        for (user, durable) in touched {
+            let Some(acked) = self.acked_by_all(&user)? else { continue };
+            // Below the durable mark seen then, so below the newest entry.
+            let upto = acked.min(durable.0.saturating_sub(1));
+            if upto == 0 {
+                continue;
+            }
+            let range = (
+                Bound::Included(keys::prefix(keys::INBOX, &user)),
+                Bound::Included(keys::inbox(&user, Seq(upto))),
+            );
+            let mut batch = Batch::default();
+            for k in self.tree.range(range).keys() {
+                batch.remove(keys::DATA, k?);
+                n += 1;
+            }
+            self.tree.commit_unthrottled(batch)?;
+        }
+        metrics::gauge!("tern_inbox_depth").decrement(n as f64);
+        Ok(n)
+    }
+
+    /// The highest entry every device of `user` has acknowledged; `None` without devices.
+    fn acked_by_all(&self, user: &UserName) -> Result<Option<u64>, StoreError> {
+        let mut acked: Option<u64> = None;
         for v in self.tree.scan_prefix(&keys::prefix(keys::CURSOR, user)).values() {
             let v = v?;
             let seq = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
-            acked_by_all = Some(acked_by_all.map_or(seq, |m: u64| m.min(seq)));
+            acked = Some(acked.map_or(seq, |m| m.min(seq)));
         }
+        Ok(acked)
+    }
+
+    fn prune_user(&self, user: &UserName, now_ms: u64, rules: Retention) -> Result<u64, StoreError> {
+        let acked_by_all = self.acked_by_all(user)?;
         let last = self.durable(user)?.0;
         let keep_from_count = last.saturating_sub(rules.max_entries);
         let age_cutoff = now_ms.saturating_sub(rules.max_age_ms);

@@ -36,6 +36,10 @@ pub enum Op {
     Insert { tree: String, key: Vec<u8>, value: Vec<u8> },
     /// Delete `key`.
     Remove { tree: String, key: Vec<u8> },
+    /// Set `key`, which its writer knows holds nothing anywhere (a fresh inbox sequence
+    /// number), to `value`. Journaled as an insert; the memtable may forget the key altogether
+    /// when it is removed before its checkpoint (see `memtable.rs`).
+    Create { tree: String, key: Vec<u8>, value: Vec<u8> },
 }
 
 /// Changes applied together and journaled as one record (sled's own `Batch` cannot be read back).
@@ -48,6 +52,12 @@ impl Batch {
     /// Sets `key` to `value` in `tree`.
     pub fn insert(&mut self, tree: &str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
         self.ops.push(Op::Insert { tree: tree.to_owned(), key: key.into(), value: value.into() });
+    }
+
+    /// Sets `key`, which the caller knows holds no value (none in sled, none in the memtable),
+    /// to `value` in `tree`.
+    pub fn create(&mut self, tree: &str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Create { tree: tree.to_owned(), key: key.into(), value: value.into() });
     }
 
     /// Deletes `key` from `tree`.
@@ -71,7 +81,9 @@ impl Batch {
         out.extend_from_slice(&[0; HEADER]);
         for op in &self.ops {
             let (kind, tree, key, value) = match op {
-                Op::Insert { tree, key, value } => (OP_INSERT, tree, key, Some(value)),
+                Op::Insert { tree, key, value } | Op::Create { tree, key, value } => {
+                    (OP_INSERT, tree, key, Some(value))
+                }
                 Op::Remove { tree, key } => (OP_REMOVE, tree, key, None),
             };
             out.push(kind);
@@ -218,7 +230,7 @@ fn apply(db: &sled::Db, trees: &mut HashMap<String, sled::Tree>, batch: &Batch) 
     let mut per_tree: Vec<(&str, sled::Batch)> = Vec::new();
     for op in &batch.ops {
         let name = match op {
-            Op::Insert { tree, .. } | Op::Remove { tree, .. } => tree.as_str(),
+            Op::Insert { tree, .. } | Op::Create { tree, .. } | Op::Remove { tree, .. } => tree.as_str(),
         };
         let slot = match per_tree.iter().position(|(n, _)| *n == name) {
             Some(i) => i,
@@ -228,7 +240,9 @@ fn apply(db: &sled::Db, trees: &mut HashMap<String, sled::Tree>, batch: &Batch) 
             }
         };
         match op {
-            Op::Insert { key, value, .. } => per_tree[slot].1.insert(key.as_slice(), value.as_slice()),
+            Op::Insert { key, value, .. } | Op::Create { key, value, .. } => {
+                per_tree[slot].1.insert(key.as_slice(), value.as_slice())
+            }
             Op::Remove { key, .. } => per_tree[slot].1.remove(key.as_slice()),
         }
     }
@@ -321,6 +335,14 @@ impl Journal {
         if let Some(memtable) = &self.memtable {
             memtable.wait_for_room();
         }
+        self.commit_unthrottled(batch)
+    }
+
+    /// [`Journal::commit`] without waiting for room in the memtable.
+    pub fn commit_unthrottled(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let mut state = self.lock();
         let Buffered { bytes, trees } = &mut *state;
         match &self.memtable {
@@ -353,8 +375,8 @@ impl Journal {
         if let Some(layer) = frozen {
             for (name, changes) in layer.trees() {
                 let mut batch = sled::Batch::default();
-                for (key, value) in changes {
-                    match value {
+                for (key, change) in changes {
+                    match &change.value {
                         Some(v) => batch.insert(key.as_slice(), v.as_ref()),
                         None => batch.remove(key.as_slice()),
                     }

@@ -7,9 +7,13 @@
 //! sled, flushes sled, then drops the layer and the journal files it covered. Readers look in
 //! the active layer, then the frozen one, then sled (see `table.rs`).
 //!
-//! A layer maps each key to its newest value, or to `None` when the newest change removed it,
-//! so that a removal hides what sled still holds until the checkpoint.
+//! A layer maps each key to its newest value, or to a removal, so that a removal hides what
+//! sled still holds until the checkpoint. A key the writer *created* (an [`Op::Create`]: an
+//! inbox entry's fresh sequence number) that no older layer holds either is known to be absent
+//! from sled, so its removal in the same layer simply forgets it: an entry acknowledged and
+//! pruned before its checkpoint costs sled nothing, not an insert and not a delete.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -23,8 +27,17 @@ use super::journal::Op;
 /// as it arrives slows down instead of growing memory without bound.
 pub const MAX_ACTIVE_KEYS: usize = 512 * 1024;
 
-/// The newest change per key of one tree: a value, or `None` for a removal.
-pub type Changes = BTreeMap<Vec<u8>, Option<Bytes>>;
+/// The newest change to one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Its newest value, or `None` for a removal.
+    pub value: Option<Bytes>,
+    /// Neither sled nor an older layer holds the key: removing it may forget it instead.
+    created: bool,
+}
+
+/// The newest change per key of one tree.
+pub type Changes = BTreeMap<Vec<u8>, Change>;
 
 /// The newest change per key of every tree written since a point in the journal.
 #[derive(Debug, Default)]
@@ -48,19 +61,46 @@ impl Layer {
         self.trees.values().all(BTreeMap::is_empty)
     }
 
-    fn apply(&mut self, op: Op) {
-        let (tree, key, value) = match op {
-            Op::Insert { tree, key, value } => (tree, key, Some(Bytes::from(value))),
-            Op::Remove { tree, key } => (tree, key, None),
+    /// Applies `op`; `older` is the frozen layer under this one, if any.
+    fn apply(&mut self, op: Op, older: Option<&Layer>) {
+        let (tree, key, change) = match op {
+            Op::Insert { tree, key, value } => {
+                (tree, key, Change { value: Some(Bytes::from(value)), created: false })
+            }
+            Op::Create { tree, key, value } => {
+                // The writer vouches for sled and the merged view; a removal waiting in the
+                // frozen layer means sled may still hold an older value under this key.
+                let created =
+                    !older.is_some_and(|o| o.trees.get(&tree).is_some_and(|c| c.contains_key(&key)));
+                (tree, key, Change { value: Some(Bytes::from(value)), created })
+            }
+            Op::Remove { tree, key } => (tree, key, Change { value: None, created: false }),
         };
-        self.trees.entry(tree).or_default().insert(key, value);
+        merge(self.trees.entry(tree).or_default(), key, change);
     }
 
     /// Puts `newer`'s changes over these.
     fn absorb(&mut self, newer: Layer) {
         for (tree, changes) in newer.trees {
-            self.trees.entry(tree).or_default().extend(changes);
+            let mine = self.trees.entry(tree).or_default();
+            for (key, change) in changes {
+                merge(mine, key, change);
+            }
         }
+    }
+}
+
+/// Puts `change` over what `changes` holds for `key`. A key stays created (or not) whatever
+/// is written over it; a removal of a created key forgets it, as sled never saw it.
+fn merge(changes: &mut Changes, key: Vec<u8>, change: Change) {
+    match changes.entry(key) {
+        Entry::Vacant(slot) => {
+            slot.insert(change);
+        }
+        Entry::Occupied(slot) if slot.get().created && change.value.is_none() => {
+            slot.remove();
+        }
+        Entry::Occupied(mut slot) => slot.get_mut().value = change.value,
     }
 }
 
@@ -121,8 +161,9 @@ impl Memtable {
     /// Applies `ops`, in order, to the active layer.
     pub fn apply(&self, ops: Vec<Op>) {
         let mut layers = self.write();
+        let Layers { active, frozen } = &mut *layers;
         for op in ops {
-            layers.active.apply(op);
+            active.apply(op, frozen.as_deref());
         }
     }
 
@@ -135,7 +176,7 @@ impl Memtable {
             .get(tree)
             .and_then(|c| c.get(key))
             .or_else(|| layers.frozen.as_ref()?.trees.get(tree)?.get(key));
-        match newest {
+        match newest.map(|c| &c.value) {
             Some(Some(v)) => Lookup::Value(v.clone()),
             Some(None) => Lookup::Removed,
             None => Lookup::Unchanged,
@@ -157,12 +198,12 @@ impl Memtable {
         match (frozen, active) {
             (None, None) => Vec::new(),
             (Some(one), None) | (None, Some(one)) => {
-                one.range(range.clone()).map(|(k, v)| (k.clone(), v.clone())).collect()
+                one.range(range.clone()).map(|(k, c)| (k.clone(), c.value.clone())).collect()
             }
             (Some(older), Some(newer)) => {
-                let mut merged: BTreeMap<&Vec<u8>, &Option<Bytes>> = older.range(range.clone()).collect();
+                let mut merged: BTreeMap<&Vec<u8>, &Change> = older.range(range.clone()).collect();
                 merged.extend(newer.range(range.clone()));
-                merged.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+                merged.into_iter().map(|(k, c)| (k.clone(), c.value.clone())).collect()
             }
         }
     }
@@ -269,7 +310,7 @@ mod tests {
         drop(failed);
         m.apply(vec![put(b"a", b"2")]);
         let frozen = m.freeze();
-        let t: Vec<_> = frozen.trees().flat_map(|(_, c)| c.clone()).collect();
+        let t: Vec<_> = frozen.trees().flat_map(|(_, c)| c.clone()).map(|(k, c)| (k, c.value)).collect();
         assert_eq!(
             t,
             vec![
@@ -289,5 +330,48 @@ mod tests {
         assert!(m.changes_in("t", &inverted).is_empty());
         let same = (Bound::Excluded(b"b".to_vec()), Bound::Excluded(b"b".to_vec()));
         assert!(m.changes_in("t", &same).is_empty());
+    }
+
+    fn create(key: &[u8], value: &[u8]) -> Op {
+        Op::Create { tree: "t".into(), key: key.to_vec(), value: value.to_vec() }
+    }
+
+    #[test]
+    fn a_created_key_removed_in_its_layer_is_forgotten_not_recorded() {
+        let m = Memtable::default();
+        m.apply(vec![create(b"a", b"1"), put(b"b", b"2"), create(b"c", b"3")]);
+        m.apply(vec![put(b"a", b"1b"), del(b"a"), del(b"b")]);
+        // `a` was created and is gone without a trace; `b` may be in sled, so its removal stays.
+        assert_eq!(all(&m), vec![(b"b".to_vec(), None), (b"c".to_vec(), Some(Bytes::from_static(b"3")))]);
+        assert_eq!(m.lookup("t", b"a"), Lookup::Unchanged);
+        let frozen = m.freeze();
+        assert_eq!(frozen.len(), 2);
+    }
+
+    #[test]
+    fn a_key_of_an_older_layer_is_not_created_again() {
+        let m = Memtable::default();
+        // A removal waiting in the frozen layer: sled may still hold the key.
+        m.apply(vec![del(b"a"), create(b"b", b"1")]);
+        let _frozen = m.freeze();
+        m.apply(vec![create(b"a", b"2"), del(b"a"), del(b"b")]);
+        assert_eq!(m.lookup("t", b"a"), Lookup::Removed);
+        // `b` was created in the frozen layer, which the checkpoint puts into sled.
+        assert_eq!(m.lookup("t", b"b"), Lookup::Removed);
+        assert_eq!(m.active_len(), 2);
+        // A removal over a removal in the same layer is still a removal.
+        m.apply(vec![del(b"c"), create(b"c", b"3"), del(b"c")]);
+        assert_eq!(m.lookup("t", b"c"), Lookup::Removed);
+    }
+
+    #[test]
+    fn after_a_failed_checkpoint_a_created_key_removed_since_is_forgotten() {
+        let m = Memtable::default();
+        m.apply(vec![create(b"a", b"1"), put(b"b", b"1")]);
+        drop(m.freeze());
+        m.apply(vec![del(b"a"), del(b"b")]);
+        let frozen = m.freeze();
+        let t: Vec<_> = frozen.trees().flat_map(|(_, c)| c.clone()).map(|(k, c)| (k, c.value)).collect();
+        assert_eq!(t, vec![(b"b".to_vec(), None)]);
     }
 }

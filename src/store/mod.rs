@@ -55,10 +55,19 @@ pub struct Store {
     pub committer: Committer,
 }
 
+/// sled's page cache unless `[store] cache_mb` says otherwise: sled's own default, 1 GiB.
+pub const DEFAULT_CACHE_MB: u64 = 1024;
+
 impl Store {
-    /// Opens (or creates) the store under `dir`, replaying the journal a crash left behind.
+    /// Opens (or creates) the store under `dir`, replaying the journal a crash left behind,
+    /// with sled's default cache.
     pub fn open(dir: &Path, durability: Durability) -> Result<Store, StoreError> {
-        let (db, next) = open_recovered(dir)?;
+        Store::open_with(dir, durability, DEFAULT_CACHE_MB)
+    }
+
+    /// [`Store::open`] with a page cache of `cache_mb` MiB for sled.
+    pub fn open_with(dir: &Path, durability: Durability, cache_mb: u64) -> Result<Store, StoreError> {
+        let (db, next) = open_recovered(dir, cache_mb)?;
         let journal = Arc::new(journal::Journal::with_memtable(db.clone()));
         let data = table::Table::open(&journal, keys::DATA)?;
         let inbox = Arc::new(Inbox::new(data.clone()));
@@ -76,7 +85,7 @@ impl Store {
 /// Opens only the database, for CLI commands that run without the daemon. A journal left by a
 /// crash is replayed first, so that nothing done here is later overwritten by older records.
 pub fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
-    Ok(open_recovered(dir)?.0)
+    Ok(open_recovered(dir, DEFAULT_CACHE_MB)?.0)
 }
 
 fn journal_dir(dir: &Path) -> std::path::PathBuf {
@@ -85,9 +94,10 @@ fn journal_dir(dir: &Path) -> std::path::PathBuf {
 
 /// Opens sled (which locks the directory), replays the journal into it, and returns the index
 /// of the next journal file.
-fn open_recovered(dir: &Path) -> Result<(sled::Db, u64), StoreError> {
+fn open_recovered(dir: &Path, cache_mb: u64) -> Result<(sled::Db, u64), StoreError> {
     std::fs::create_dir_all(dir).map_err(journal::io)?;
-    let db = sled::Config::new().path(dir.join("db")).open()?;
+    let cache = cache_mb.saturating_mul(1 << 20);
+    let db = sled::Config::new().path(dir.join("db")).cache_capacity(cache).open()?;
     let (next, _) = journal::recover(&db, &journal_dir(dir))?;
     Ok((db, next))
 }

@@ -46,6 +46,12 @@ impl Table {
         self.journal.commit(batch)
     }
 
+    /// Like [`Table::commit`], but never waits for room in the memtable: for the committer's
+    /// own writes, which must not wait for a checkpoint only the committer can start.
+    pub fn commit_unthrottled(&self, batch: Batch) -> Result<(), StoreError> {
+        self.journal.commit_unthrottled(batch)
+    }
+
     /// The newest value of `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
         if let Some(m) = self.journal.memtable() {
