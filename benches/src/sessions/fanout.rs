@@ -170,6 +170,30 @@ struct Outcome {
 
 type Recipients = tokio::task::JoinSet<Result<Got, String>>;
 
+/// Starts `k` recipients (`recipient(i, ready, done)`, which sends on `ready` and counts in
+/// `done` once it is ready to receive) and waits until each one is ready or has failed.
+async fn start_recipients<F, Fut>(label: &'static str, k: usize, recipient: F) -> Recipients
+where
+    F: Fn(usize, oneshot::Sender<()>, Arc<std::sync::atomic::AtomicU64>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Got>> + Send + 'static,
+{
+    let progress = Progress::start(label, k as u64);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut readies = Vec::new();
+    for i in 0..k {
+        let (ready_tx, ready) = oneshot::channel();
+        readies.push(ready);
+        let r = recipient(i, ready_tx, progress.done.clone());
+        tasks.spawn(async move { r.await.map_err(|e| format!("recipient {i}: {e:#}")) });
+    }
+    for r in readies {
+        // A recipient that failed to connect drops its sender; its task reports why.
+        let _ = r.await;
+    }
+    progress.finish();
+    tasks
+}
+
 /// Waits until every recipient is done.
 async fn join_all(mut tasks: Recipients) -> Vec<Result<Result<Got, String>, tokio::task::JoinError>> {
     let mut out = Vec::new();
@@ -220,25 +244,15 @@ async fn run_on(a: Arc<FanoutArgs>, t: Arc<Target>, k: usize, m: u64) -> anyhow:
     users.push("fsender".into());
     t.add_users(&users, &a.target.password).await?;
     let epoch = Instant::now();
-    let progress = Progress::start("recipients", k as u64);
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut readies = Vec::new();
-    for i in 0..k {
-        let (ready_tx, ready) = oneshot::channel();
-        readies.push(ready);
+    let tasks = start_recipients("recipients", k, |i, ready, done| {
         let phone = Phone::new(t.system, t.addr, "f", i, 1);
-        let (t, password, done) = (t.clone(), a.target.password.clone(), progress.done.clone());
-        tasks.spawn(async move {
+        let (t, password) = (t.clone(), a.target.password.clone());
+        async move {
             let expect = Expect { rounds: m, stride: id_stride(t.system, k) };
-            let r = recipient(&t, &phone, &password, expect, epoch, ready_tx, done).await;
-            r.map_err(|e| format!("recipient {i}: {e:#}"))
-        });
-    }
-    for r in readies {
-        // A recipient that failed to connect drops its sender; its task reports why.
-        let _ = r.await;
-    }
-    progress.finish();
+            recipient(&t, &phone, &password, expect, epoch, ready, done).await
+        }
+    })
+    .await;
     let sender = Phone { user: "fsender".into(), ..Phone::new(t.system, t.addr, "fsender", 0, 1) };
     let mut c = connect_phone(&t, &sender, &a.target.password, true, 60).await?;
     let (b0, cpu0, t0) = (c.conn.bytes(), t.cpu_ms(), Instant::now());
@@ -340,25 +354,15 @@ async fn run_in_room(a: Arc<FanoutArgs>, t: Arc<Target>, k: usize, m: u64) -> an
     while !occupants.contains(&sender.user) {
         note_occupant(&mut occupants, room::next_event(&mut c.conn, &jid).await?)?;
     }
-    let progress = Progress::start("recipients in the room", k as u64);
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut readies = Vec::new();
-    for i in 0..k {
-        let (ready_tx, ready) = oneshot::channel();
-        readies.push(ready);
+    let tasks = start_recipients("recipients in the room", k, |i, ready, done| {
         let phone = Phone::new(t.system, t.addr, "g", i, 1);
-        let (t, jid, password, done) =
-            (t.clone(), jid.clone(), a.target.password.clone(), progress.done.clone());
-        tasks.spawn(async move {
+        let (t, jid, password) = (t.clone(), jid.clone(), a.target.password.clone());
+        async move {
             let expect = Expect { rounds: m, stride: 1 };
-            let r = room_recipient(&t, &phone, &password, &jid, k + 1, expect, epoch, ready_tx, done).await;
-            r.map_err(|e| format!("recipient {i}: {e:#}"))
-        });
-    }
-    for r in readies {
-        let _ = r.await;
-    }
-    progress.finish();
+            room_recipient(&t, &phone, &password, &jid, k + 1, expect, epoch, ready, done).await
+        }
+    })
+    .await;
     // Everyone who joined is in the sender's view too before it posts (what a recipient that
     // failed never reaches: the sender waits for it no longer than a recipient would).
     while occupants.len() < k + 1 {

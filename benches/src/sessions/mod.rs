@@ -162,18 +162,24 @@ impl Target {
         let dir = scratch.join("tern");
         let b = brokers::start_tern(&a.tern_bin, &dir, &a.domain, None).await?;
         eprintln!("tern (pid {}) on {}", b.pid(), b.addr);
-        Ok(Target {
+        Ok(Target::started_tern(b, a, &dir, None))
+    }
+
+    /// A tern we started in `dir`, with the Prosody that hosts its rooms if any.
+    fn started_tern(b: Broker, a: &TargetArgs, dir: &Path, room_host: Option<(String, Prosody)>) -> Target {
+        let (muc, room_host) = room_host.unzip();
+        Target {
             system: System::Tern,
             addr: b.addr,
             pid: Some(b.pid()),
             version: b.version.clone(),
             domain: a.domain.clone(),
+            muc,
             admin: Some(dir.join("admin.sock")),
             started: Some(b),
             prosody: None,
-            muc: None,
-            room_host: None,
-        })
+            room_host,
+        }
     }
 
     /// A fresh mosquitto in `scratch/mosquitto`.
@@ -221,18 +227,7 @@ impl Target {
             }
         };
         eprintln!("tern (pid {}) on {}, s2s {tern_ip}:{}", b.pid(), b.addr, prosody::S2S_PORT);
-        Ok(Target {
-            system: System::Tern,
-            addr: b.addr,
-            pid: Some(b.pid()),
-            version: b.version.clone(),
-            domain: a.domain.clone(),
-            muc: Some(muc),
-            admin: Some(dir.join("admin.sock")),
-            started: Some(b),
-            prosody: None,
-            room_host: Some(p),
-        })
+        Ok(Target::started_tern(b, a, &dir, Some((muc, p))))
     }
 
     /// A fresh Prosody in `scratch/prosody` on a 127.0.0.x of its own, with stream management
