@@ -28,8 +28,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{
-    connect_phone, room, run_both_in, send_topic, user_names, Figures, Outgoing, Phone, Progress, Row,
-    System, Target, TargetArgs,
+    concurrency, connect_phone, room, run_both_in, send_topic, user_names, Figures, Outgoing, Phone,
+    Progress, Row, System, Target, TargetArgs,
 };
 use crate::chat::parse_message_id;
 use crate::raw_mqtt::SUBACK;
@@ -354,12 +354,18 @@ async fn run_in_room(a: Arc<FanoutArgs>, t: Arc<Target>, k: usize, m: u64) -> an
     while !occupants.contains(&sender.user) {
         note_occupant(&mut occupants, room::next_event(&mut c.conn, &jid).await?)?;
     }
+    // All K password logins at once would queue behind tern's four Argon2 slots for longer than
+    // it lets them wait; and one recipient that never joins keeps everyone waiting.
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency(None, a.target.quick)));
     let tasks = start_recipients("recipients in the room", k, |i, ready, done| {
         let phone = Phone::new(t.system, t.addr, "g", i, 1);
-        let (t, jid, password) = (t.clone(), jid.clone(), a.target.password.clone());
+        let (t, jid, password, slots) = (t.clone(), jid.clone(), a.target.password.clone(), slots.clone());
         async move {
+            let slot = slots.acquire_owned().await?;
+            let c = connect_phone(&t, &phone, &password, true, 60).await?;
+            drop(slot);
             let expect = Expect { rounds: m, stride: 1 };
-            room_recipient(&t, &phone, &password, &jid, k + 1, expect, epoch, ready, done).await
+            room_recipient(c.conn, &phone.user, &jid, k + 1, expect, epoch, ready, done).await
         }
     })
     .await;
@@ -395,13 +401,12 @@ fn note_occupant(occupants: &mut HashSet<String>, event: room::RoomEvent) -> any
     Ok(())
 }
 
-/// One recipient in the room: connects, joins, says it is ready once it sees all `everyone`
-/// occupants, then reads until it has every groupchat message once.
+/// One recipient in the room, connected as `conn`: joins as `nick`, says it is ready once it
+/// sees all `everyone` occupants, then reads until it has every groupchat message once.
 #[allow(clippy::too_many_arguments)]
 async fn room_recipient(
-    t: &Target,
-    phone: &Phone,
-    password: &str,
+    mut conn: super::Link,
+    nick: &str,
     jid: &tern_bridge::Jid,
     everyone: usize,
     expect: Expect,
@@ -409,27 +414,26 @@ async fn room_recipient(
     ready: oneshot::Sender<()>,
     done: Arc<std::sync::atomic::AtomicU64>,
 ) -> anyhow::Result<Got> {
-    let mut c = connect_phone(t, phone, password, true, 60).await?;
-    room::join(&mut c.conn, jid, &phone.user).await?;
+    room::join(&mut conn, jid, nick).await?;
     let mut occupants = HashSet::new();
     while occupants.len() < everyone {
-        let event = tokio::time::timeout(SILENCE, room::next_event(&mut c.conn, jid))
+        let event = tokio::time::timeout(SILENCE, room::next_event(&mut conn, jid))
             .await
             .with_context(|| format!("{} of {everyone} occupants after {SILENCE:?}", occupants.len()))??;
         note_occupant(&mut occupants, event)?;
     }
     done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _ = ready.send(());
-    let (mut got, mut seen, b0) = (Got::new(), HashSet::new(), c.conn.bytes());
+    let (mut got, mut seen, b0) = (Got::new(), HashSet::new(), conn.bytes());
     while got.delivered < expect.rounds {
-        match within_silence(&got, expect, room::next_event(&mut c.conn, jid)).await? {
+        match within_silence(&got, expect, room::next_event(&mut conn, jid)).await? {
             room::RoomEvent::Chat(id, body, true) => got.count(&mut seen, id, &body, epoch, expect)?,
             room::RoomEvent::Chat(id, ..) => bail!("message {id:?} is not a groupchat message"),
             room::RoomEvent::Occupant(nick) => bail!("{nick} joined after everyone was in"),
             room::RoomEvent::Other => {}
         }
     }
-    got.bytes = c.conn.bytes() - b0;
-    c.conn.close().await;
+    got.bytes = conn.bytes() - b0;
+    conn.close().await;
     Ok(got)
 }
