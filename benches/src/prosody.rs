@@ -48,6 +48,15 @@ pub struct Prosody {
     data: PathBuf,
 }
 
+/// What a server has beyond the VirtualHost with the basic modules.
+#[derive(Default)]
+pub struct Extras<'a> {
+    /// More modules on the VirtualHost (say `smacks`, XEP-0198).
+    pub modules: &'a [&'a str],
+    /// A MUC component (XEP-0045) on this domain (say `rooms.xmpp.test`).
+    pub muc: Option<&'a str>,
+}
+
 /// Where the binaries are and what the server is to be.
 pub struct Options<'a> {
     /// The binaries and the domain.
@@ -64,10 +73,10 @@ fn lua_str(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-fn config_text(o: &Options, extra_modules: &[&str], dir: &Path, paths: [&Path; 4]) -> String {
+fn config_text(o: &Options, extras: &Extras, dir: &Path, paths: [&Path; 4]) -> String {
     let [cert, key, hosts, resolv] = paths;
     let p = |name: &str| lua_str(&dir.join(name).to_string_lossy());
-    let extra: String = extra_modules.iter().map(|m| format!("; {}", lua_str(m))).collect();
+    let extra: String = extras.modules.iter().map(|m| format!("; {}", lua_str(m))).collect();
     let (ip, domain) = (lua_str(&o.ip.to_string()), lua_str(&o.bins.xmpp_domain));
     let (cert, key) = (lua_str(&cert.to_string_lossy()), lua_str(&key.to_string_lossy()));
     let (hosts, resolv) = (lua_str(&hosts.to_string_lossy()), lua_str(&resolv.to_string_lossy()));
@@ -105,11 +114,27 @@ s2s_close_timeout = 2
 
 VirtualHost {domain}
     ssl = {{ certificate = {cert}; key = {key}; }}
-"#,
+{muc}"#,
         pidfile = p("prosody.pid"),
         data = p("data"),
         log = p("prosody.log"),
         certs = p("certs"),
+        muc = extras.muc.map_or(String::new(), |m| muc_component(m, &cert, &key)),
+    )
+}
+
+/// A MUC service (XEP-0045) on `domain`, where anyone may create a room by joining it.
+fn muc_component(domain: &str, cert: &str, key: &str) -> String {
+    format!(
+        r#"
+Component {domain} "muc"
+    ssl = {{ certificate = {cert}; key = {key}; }}
+    restrict_room_creation = false
+    -- 0.12 locks a new room until its owner submits the config form (XEP-0045 §10.1.3);
+    -- others joining meanwhile get <item-not-found/>.
+    muc_room_locking = false
+"#,
+        domain = lua_str(domain)
     )
 }
 
@@ -150,6 +175,11 @@ impl Prosody {
 
     /// [`Prosody::start`] with more modules enabled (say `smacks`, XEP-0198).
     pub async fn start_with(o: Options<'_>, extra_modules: &[&str]) -> anyhow::Result<Prosody> {
+        Self::start_extras(o, Extras { modules: extra_modules, muc: None }).await
+    }
+
+    /// [`Prosody::start`] with more modules and, if asked, a MUC component.
+    pub async fn start_extras(o: Options<'_>, extras: Extras<'_>) -> anyhow::Result<Prosody> {
         let dir = o.dir;
         std::fs::create_dir_all(dir.join("data"))?;
         std::fs::create_dir_all(dir.join("certs"))?;
@@ -163,9 +193,9 @@ impl Prosody {
         std::fs::write(&resolv, "nameserver 127.0.0.1\n")?;
         let cert = dir.join("certs").join(format!("{domain}.crt"));
         let key = dir.join("certs").join(format!("{domain}.key"));
-        make_cert(&cert, &key, domain).await?;
+        make_cert(&cert, &key, domain, extras.muc).await?;
         let config = dir.join("prosody.cfg.lua");
-        std::fs::write(&config, config_text(&o, extra_modules, dir, [&cert, &key, &hosts, &resolv]))?;
+        std::fs::write(&config, config_text(&o, &extras, dir, [&cert, &key, &hosts, &resolv]))?;
 
         let c2s: SocketAddr = (o.ip, C2S_PORT).into();
         let s2s: SocketAddr = (o.ip, S2S_PORT).into();
@@ -260,8 +290,9 @@ fn storage_name(s: &str) -> String {
         .collect()
 }
 
-/// A self-signed certificate for `domain` (what a test server presents on STARTTLS).
-async fn make_cert(cert: &Path, key: &Path, domain: &str) -> anyhow::Result<()> {
+/// A self-signed certificate for `domain` and `also` (what a test server presents on STARTTLS).
+async fn make_cert(cert: &Path, key: &Path, domain: &str, also: Option<&str>) -> anyhow::Result<()> {
+    let san = std::iter::once(domain).chain(also).map(|d| format!("DNS:{d}")).collect::<Vec<_>>().join(",");
     let out = Command::new("openssl")
         .args(["req", "-x509", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
         .arg("-keyout")
@@ -269,7 +300,7 @@ async fn make_cert(cert: &Path, key: &Path, domain: &str) -> anyhow::Result<()> 
         .arg("-out")
         .arg(cert)
         .args(["-days", "30", "-subj", &format!("/CN={domain}")])
-        .args(["-addext", &format!("subjectAltName=DNS:{domain}")])
+        .args(["-addext", &format!("subjectAltName={san}")])
         .stdin(Stdio::null())
         .output()
         .await

@@ -1,5 +1,6 @@
 //! CI smoke test of the load scenarios (chat, federation, connect, idle, resume, fanout, the
-//! last four also `--against prosody`): `tern-bench <scenario> --quick` against the debug tern,
+//! last four also `--against prosody`, and fanout's group chat room variant `--room`):
+//! `tern-bench <scenario> --quick` against the debug tern,
 //! with real mosquitto and Prosody (installed by scripts/install-test-deps). It checks that each
 //! run completes cleanly (every message delivered once, receipted where clients send receipts)
 //! and that the JSON has the figures; it asserts nothing about speed.
@@ -192,4 +193,16 @@ fn fanout_quick_delivers_to_every_c2s_recipient_against_prosody() {
     let (tern, prosody) = against_prosody("fanout");
     assert_eq!(tern["delivered"], 200.0, "{tern}");
     assert_eq!(prosody["delivered"], 200.0, "{prosody}");
+}
+
+#[test]
+fn fanout_room_quick_delivers_to_every_occupant_against_prosody() {
+    let r = run_quick("fanout", &["--room", "--against", "prosody"]);
+    let (tern, prosody) = session_figures_against(&r, "fanout", "prosody");
+    // 5 recipients × 20 groupchat messages, on tern through a federated Prosody MUC.
+    for v in [tern, prosody] {
+        assert_eq!(v["delivered"], 100.0, "{v}");
+        assert!(v["recipient_bytes_per_delivery"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    assert!(r["ratio_tern_over_reference"]["deliveries_per_s"].as_f64().is_some(), "{r}");
 }

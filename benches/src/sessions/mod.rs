@@ -13,6 +13,7 @@ mod link;
 mod pass;
 mod report;
 pub mod resume;
+mod room;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -121,9 +122,14 @@ pub(crate) struct Target {
     pub(crate) version: String,
     /// The XMPP domain of the users' JIDs (tern's, or Prosody's VirtualHost).
     pub(crate) domain: String,
+    /// The MUC service (XEP-0045) where this system's users meet in rooms, if it has one: a
+    /// component of the Prosody under test, or of the Prosody tern federates with.
+    pub(crate) muc: Option<String>,
     admin: Option<PathBuf>,
     started: Option<Broker>,
     prosody: Option<Prosody>,
+    /// The Prosody that hosts tern's rooms (federated), stopped with tern.
+    room_host: Option<Prosody>,
 }
 
 impl Target {
@@ -144,6 +150,8 @@ impl Target {
                 admin: a.admin_socket.clone(),
                 started: None,
                 prosody: None,
+                muc: None,
+                room_host: None,
             });
         }
         anyhow::ensure!(
@@ -154,16 +162,24 @@ impl Target {
         let dir = scratch.join("tern");
         let b = brokers::start_tern(&a.tern_bin, &dir, &a.domain, None).await?;
         eprintln!("tern (pid {}) on {}", b.pid(), b.addr);
-        Ok(Target {
+        Ok(Target::started_tern(b, a, &dir, None))
+    }
+
+    /// A tern we started in `dir`, with the Prosody that hosts its rooms if any.
+    fn started_tern(b: Broker, a: &TargetArgs, dir: &Path, room_host: Option<(String, Prosody)>) -> Target {
+        let (muc, room_host) = room_host.unzip();
+        Target {
             system: System::Tern,
             addr: b.addr,
             pid: Some(b.pid()),
             version: b.version.clone(),
             domain: a.domain.clone(),
+            muc,
             admin: Some(dir.join("admin.sock")),
             started: Some(b),
             prosody: None,
-        })
+            room_host,
+        }
     }
 
     /// A fresh mosquitto in `scratch/mosquitto`.
@@ -179,15 +195,50 @@ impl Target {
             admin: None,
             started: Some(b),
             prosody: None,
+            muc: None,
+            room_host: None,
         })
     }
 
-    /// A fresh Prosody in `scratch/prosody` on a 127.0.0.x of its own, with stream management.
-    pub(crate) async fn prosody(a: &TargetArgs, scratch: &Path) -> anyhow::Result<Target> {
+    /// tern federated with a fresh Prosody that has a MUC component (`rooms.<its domain>`),
+    /// set up as the `federation` scenario does it, with a route for the MUC domain too: tern
+    /// hosts no rooms, its users join rooms elsewhere.
+    pub(crate) async fn tern_with_rooms(a: &TargetArgs, scratch: &Path) -> anyhow::Result<Target> {
+        anyhow::ensure!(a.addr.is_none(), "rooms need a tern federated with the room service: no --addr");
+        let muc = muc_domain(a);
+        let tern_ip = prosody::free_loopback_ip(120, &[prosody::S2S_PORT], &[]).await?;
+        let ip = prosody::free_loopback_ip(121, &[prosody::C2S_PORT, prosody::S2S_PORT], &[tern_ip]).await?;
+        let hosts = [(a.domain.clone(), tern_ip)];
+        let options =
+            prosody::Options { bins: &a.prosody, dir: &scratch.join("room-host"), ip, hosts: &hosts };
+        let p = Prosody::start_extras(options, prosody::Extras { modules: &[], muc: Some(&muc) }).await?;
+        eprintln!("room service {muc} on {} (pid {}), s2s {}", p.broker.version, p.broker.pid(), p.s2s);
+        let dir = scratch.join("tern");
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("tern.toml");
+        let mut text = crate::federation::tern_config(tern_ip, &p.domain, p.s2s);
+        text.push_str(&format!("\"{muc}\" = \"{}\"\n", p.s2s));
+        std::fs::write(&config, text)?;
+        let b = match brokers::start_tern(&a.tern_bin, &dir, &a.domain, Some(&config)).await {
+            Ok(b) => b,
+            Err(e) => {
+                p.broker.stop().await;
+                return Err(e);
+            }
+        };
+        eprintln!("tern (pid {}) on {}, s2s {tern_ip}:{}", b.pid(), b.addr, prosody::S2S_PORT);
+        Ok(Target::started_tern(b, a, &dir, Some((muc, p))))
+    }
+
+    /// A fresh Prosody in `scratch/prosody` on a 127.0.0.x of its own, with stream management
+    /// (and with `rooms`, a MUC component on `rooms.<its domain>`).
+    pub(crate) async fn prosody(a: &TargetArgs, scratch: &Path, rooms: bool) -> anyhow::Result<Target> {
         let ip = prosody::free_loopback_ip(111, &[prosody::C2S_PORT, prosody::S2S_PORT], &[]).await?;
         let dir = scratch.join("prosody");
         let options = prosody::Options { bins: &a.prosody, dir: &dir, ip, hosts: &[] };
-        let p = Prosody::start_with(options, &["smacks"]).await?;
+        let muc = rooms.then(|| muc_domain(a));
+        let p = Prosody::start_extras(options, prosody::Extras { modules: &["smacks"], muc: muc.as_deref() })
+            .await?;
         eprintln!("{} (pid {}) on {}", p.broker.version, p.broker.pid(), p.broker.addr);
         Ok(Target {
             system: System::Prosody,
@@ -195,10 +246,17 @@ impl Target {
             pid: Some(p.broker.pid()),
             version: p.broker.version.clone(),
             domain: p.domain.clone(),
+            muc,
             admin: None,
             started: None,
             prosody: Some(p),
+            room_host: None,
         })
+    }
+
+    /// The CPU time so far of the Prosody that hosts tern's rooms, ms.
+    pub(crate) fn room_host_cpu_ms(&self) -> Option<f64> {
+        self.room_host.as_ref()?.broker.cpu_ms()
     }
 
     pub(crate) fn name(&self) -> &'static str {
@@ -275,7 +333,15 @@ impl Target {
         if let Some(p) = self.prosody {
             p.broker.stop().await;
         }
+        if let Some(p) = self.room_host {
+            p.broker.stop().await;
+        }
     }
+}
+
+/// The MUC service's domain, on the Prosody side: `rooms.<xmpp domain>`.
+fn muc_domain(a: &TargetArgs) -> String {
+    format!("rooms.{}", a.prosody.xmpp_domain)
 }
 
 /// One phone's identity on the target: tern wants a user and device, mosquitto a client id.
@@ -489,18 +555,40 @@ where
     F: Fn(Arc<Target>) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Figures>>,
 {
+    run_both_in(a, scenario, false, settings, rows, notes, body).await
+}
+
+/// [`run_both`], with `rooms`: tern federated with a Prosody MUC service, and the reference
+/// Prosody with a MUC component of its own.
+pub(crate) async fn run_both_in<F, Fut>(
+    a: &TargetArgs,
+    scenario: &'static str,
+    rooms: bool,
+    settings: serde_json::Value,
+    rows: Vec<Row>,
+    notes: Vec<&'static str>,
+    body: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(Arc<Target>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Figures>>,
+{
     let nofile = raise_nofile();
     eprintln!("tern-bench {scenario}: open-file limit {nofile}");
     let scratch = Scratch::new(a, scenario)?;
     let outcome = async {
         let mut systems = Vec::new();
-        let tern = Arc::new(Target::tern(a, &scratch.dir).await?);
+        let tern = match rooms {
+            true => Target::tern_with_rooms(a, &scratch.dir).await?,
+            false => Target::tern(a, &scratch.dir).await?,
+        };
+        let tern = Arc::new(tern);
         let result = body(tern.clone()).await;
         stop(tern).await;
         systems.push(result?);
         let reference = match a.against {
             Against::Mosquitto => Some(Target::mosquitto(a, &scratch.dir).await?),
-            Against::Prosody => Some(Target::prosody(a, &scratch.dir).await?),
+            Against::Prosody => Some(Target::prosody(a, &scratch.dir, rooms).await?),
             Against::None => None,
         };
         if let Some(m) = reference {
