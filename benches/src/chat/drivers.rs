@@ -224,10 +224,9 @@ impl PeerName {
     /// True once `body` (a roster push) told the phone its contact's ref.
     fn learn(&self, body: &Option<down::Body>) -> bool {
         let (Some(contact), Some(down::Body::Roster(r))) = (&self.contact, body) else { return false };
-        match r.items.iter().find(|i| &i.jid == contact && i.peer_ref != 0) {
-            Some(item) => self.learnt.set(item.peer_ref).is_ok() || self.learnt.get() == Some(&item.peer_ref),
-            None => false,
-        }
+        let Some(item) = r.items.iter().find(|i| &i.jid == contact && i.peer_ref != 0) else { return false };
+        // A ref never changes, so a second push with a different one would be a server bug.
+        *self.learnt.get_or_init(|| item.peer_ref) == item.peer_ref
     }
 
     /// Whether the phone is still waiting for its contact's ref.
