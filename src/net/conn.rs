@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -149,6 +150,12 @@ struct Driver {
 /// drops by `seq`, and a store write per acknowledgement is saved.
 const CURSOR_EVERY: u64 = 32;
 
+/// Most ready events folded into one write, so that a busy connection still writes often.
+const COALESCE_EVENTS: u32 = 64;
+
+/// Encoded bytes past which a write goes out without waiting for more ready events.
+const COALESCE_BYTES: usize = 16 * 1024;
+
 #[derive(Default)]
 struct CursorWrites {
     saved: Seq,
@@ -159,64 +166,97 @@ impl Driver {
     async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(&mut self, stream: S) {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut rbuf = BytesMut::with_capacity(1024);
+        let mut coalesced = 0;
         loop {
             self.drain().await;
-            if !self.wbuf.is_empty() {
-                let n = self.wbuf.len();
-                // The flush matters for WebSocket, whose writer only queues a frame.
-                let written = tokio::time::timeout(WRITE_TIMEOUT, async {
-                    wr.write_all(&self.wbuf).await?;
-                    wr.flush().await
-                })
-                .await;
-                if !matches!(written, Ok(Ok(()))) {
-                    self.session.on_transport_closed();
-                    self.closing = true;
-                } else {
-                    metrics::counter!("tern_bytes_sent_total").increment(n as u64);
+            let event = if self.wbuf.is_empty() {
+                if self.closing {
+                    let _ = wr.shutdown().await;
+                    return;
                 }
-                self.wbuf.clear();
-                if self.wbuf.capacity() > 64 * 1024 {
-                    // One large burst should not pin memory for the life of an idle session.
-                    self.wbuf = BytesMut::with_capacity(1024);
-                }
-                continue;
-            }
-            if self.closing {
-                let _ = wr.shutdown().await;
-                return;
-            }
-            let deadline = self.session.poll_timeout().map(Instant::from_std);
-            let reading = self.session.wants_read();
-            let mailbox = self.bound.as_ref().map(|b| b.claim.mailbox.clone());
-            let link = self.bound.as_mut().and_then(|b| b.link.as_mut());
-            let (login, applies) = (&mut self.login, &mut self.applies);
-            let event = tokio::select! {
-                r = rd.read_buf(&mut rbuf), if reading => Event::Read(r),
-                r = async { login.as_mut().expect("guarded by the select condition").await }, if login.is_some() => Event::Login(r),
-                Some((t, r)) = applies.next(), if !applies.is_empty() => Event::Applied(t, r),
-                n = async { link.expect("guarded by the select condition").rx.next().await }, if link.is_some() => Event::Router(n),
-                _ = async { mailbox.as_ref().expect("guarded by the select condition").wait().await }, if mailbox.is_some() => Event::Mail,
-                _ = sleep_until(deadline), if deadline.is_some() => Event::Timer,
-            };
-            match event {
-                Event::Read(Ok(0)) | Event::Read(Err(_)) => self.session.on_transport_closed(),
-                Event::Read(Ok(n)) => {
-                    metrics::counter!("tern_bytes_received_total").increment(n as u64);
-                    self.decode(&mut rbuf);
-                    if rbuf.is_empty() && rbuf.capacity() > 2 * self.shared.max_packet.max(4096) {
-                        rbuf = BytesMut::with_capacity(1024);
+                self.next_event(&mut rd, &mut rbuf).await
+            } else {
+                // Events that are already waiting (the PUBACKs of one group commit, a
+                // recipient's PUBACK beside its next delivery) go out in the same write: a
+                // send per packet was the largest cost on the message path after the store.
+                // Only ready events are taken, so a lone packet is written at once.
+                let more = !self.closing
+                    && coalesced < COALESCE_EVENTS
+                    && self.wbuf.len() < COALESCE_BYTES;
+                match more.then(|| self.next_event(&mut rd, &mut rbuf).now_or_never()).flatten() {
+                    Some(event) => {
+                        coalesced += 1;
+                        event
+                    }
+                    None => {
+                        coalesced = 0;
+                        self.write_out(&mut wr).await;
+                        continue;
                     }
                 }
-                Event::Login(r) => {
-                    self.login = None;
-                    self.session.on_login(Instant::now().into_std(), r);
+            };
+            self.handle(event, &mut rbuf).await;
+        }
+    }
+
+    /// Waits for the next thing that wakes this connection.
+    async fn next_event<R: AsyncRead + Unpin>(&mut self, rd: &mut R, rbuf: &mut BytesMut) -> Event {
+        let deadline = self.session.poll_timeout().map(Instant::from_std);
+        let reading = self.session.wants_read();
+        let mailbox = self.bound.as_ref().map(|b| b.claim.mailbox.clone());
+        let link = self.bound.as_mut().and_then(|b| b.link.as_mut());
+        let (login, applies) = (&mut self.login, &mut self.applies);
+        tokio::select! {
+            r = rd.read_buf(rbuf), if reading => Event::Read(r),
+            r = async { login.as_mut().expect("guarded by the select condition").await }, if login.is_some() => Event::Login(r),
+            Some((t, r)) = applies.next(), if !applies.is_empty() => Event::Applied(t, r),
+            n = async { link.expect("guarded by the select condition").rx.next().await }, if link.is_some() => Event::Router(n),
+            _ = async { mailbox.as_ref().expect("guarded by the select condition").wait().await }, if mailbox.is_some() => Event::Mail,
+            _ = sleep_until(deadline), if deadline.is_some() => Event::Timer,
+        }
+    }
+
+    /// Feeds one event into the session.
+    async fn handle(&mut self, event: Event, rbuf: &mut BytesMut) {
+        match event {
+            Event::Read(Ok(0)) | Event::Read(Err(_)) => self.session.on_transport_closed(),
+            Event::Read(Ok(n)) => {
+                metrics::counter!("tern_bytes_received_total").increment(n as u64);
+                self.decode(rbuf);
+                if rbuf.is_empty() && rbuf.capacity() > 2 * self.shared.max_packet.max(4096) {
+                    *rbuf = BytesMut::with_capacity(1024);
                 }
-                Event::Applied(ticket, r) => self.session.on_applied(ticket, r),
-                Event::Router(n) => self.on_notification(n).await,
-                Event::Mail => self.on_mail(),
-                Event::Timer => self.session.on_timeout(Instant::now().into_std()),
             }
+            Event::Login(r) => {
+                self.login = None;
+                self.session.on_login(Instant::now().into_std(), r);
+            }
+            Event::Applied(ticket, r) => self.session.on_applied(ticket, r),
+            Event::Router(n) => self.on_notification(n).await,
+            Event::Mail => self.on_mail(),
+            Event::Timer => self.session.on_timeout(Instant::now().into_std()),
+        }
+    }
+
+    /// Writes everything encoded so far; a peer that will not take it is closed.
+    async fn write_out<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) {
+        let n = self.wbuf.len();
+        // The flush matters for WebSocket, whose writer only queues a frame.
+        let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+            wr.write_all(&self.wbuf).await?;
+            wr.flush().await
+        })
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            self.session.on_transport_closed();
+            self.closing = true;
+        } else {
+            metrics::counter!("tern_bytes_sent_total").increment(n as u64);
+        }
+        self.wbuf.clear();
+        if self.wbuf.capacity() > 64 * 1024 {
+            // One large burst should not pin memory for the life of an idle session.
+            self.wbuf = BytesMut::with_capacity(1024);
         }
     }
 
