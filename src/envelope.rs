@@ -5,6 +5,7 @@
 
 use prost::Message;
 use tern_bridge::Jid;
+use tern_schemas::num_id;
 use tern_schemas::v1::{self, down, error::Code, up};
 
 use crate::core::peer_refs::{PeerRefs, UnknownRef};
@@ -64,7 +65,7 @@ pub enum UpCmd {
     /// Leave a group chat room.
     RoomLeave { room: Jid, status: String },
     /// Session options for this connection.
-    Hello { peer_refs: bool, roster_ver: u64 },
+    Hello { peer_refs: bool, roster_ver: u64, numeric_ids: bool },
 }
 
 /// Why an upward envelope was refused, ready to send back as a `Down.error`.
@@ -108,6 +109,9 @@ pub fn decode_up(
         .map_err(|e| EnvelopeError::new("", Code::BadEnvelope, format!("not an Up: {e}")))?;
     if up.id.len() > crate::ids::MAX_MSG_ID {
         return Err(EnvelopeError::new("", Code::TooLarge, "id too long"));
+    }
+    if let Err(text) = expand_num_ids(&mut up) {
+        return Err(EnvelopeError::new(&up.id, Code::BadEnvelope, text));
     }
     // A session without refs has none to resolve: any ref is unknown.
     let expanded = match refs {
@@ -191,9 +195,49 @@ pub fn decode_up(
             let room = room_jid(&leave.room).map_err(|text| err(Code::BadJid, &text))?;
             UpCmd::RoomLeave { room, status: leave.status }
         }
-        up::Body::Hello(hello) => UpCmd::Hello { peer_refs: hello.peer_refs, roster_ver: hello.roster_ver },
+        up::Body::Hello(hello) => UpCmd::Hello {
+            peer_refs: hello.peer_refs,
+            roster_ver: hello.roster_ver,
+            numeric_ids: hello.numeric_ids,
+        },
     };
     Ok(UpEnvelope { id, cmd })
+}
+
+/// Replaces each numeric id of `up` by the string id it stands for (docs/PROTOCOL.md "Numeric
+/// ids"), so that nothing past decoding sees the numeric form.
+fn expand_num_ids(up: &mut v1::Up) -> Result<(), &'static str> {
+    fn expand(id: &mut String, num_id: &mut u64) -> bool {
+        let Some(rendered) = num_id::render(std::mem::take(num_id)) else { return true };
+        let alone = id.is_empty();
+        *id = rendered;
+        alone
+    }
+    if !expand(&mut up.id, &mut up.num_id) {
+        return Err("both id and num_id");
+    }
+    if let Some(up::Body::Receipt(r)) = up.body.as_mut() {
+        if !expand(&mut r.id, &mut r.num_id) {
+            return Err("receipt has both id and num_id");
+        }
+    }
+    Ok(())
+}
+
+/// Sends each id of `down` that is a number as its `num_id`, for a device that asked for
+/// numeric ids; true if anything changed.
+pub fn compact_num_ids(down: &mut v1::Down) -> bool {
+    fn compact(id: &mut String, num_id: &mut u64) -> bool {
+        let Some(n) = num_id::parse(id) else { return false };
+        id.clear();
+        *num_id = n;
+        true
+    }
+    let mut changed = compact(&mut down.id, &mut down.num_id);
+    if let Some(down::Body::Receipt(r)) = down.body.as_mut() {
+        changed |= compact(&mut r.id, &mut r.num_id);
+    }
+    changed
 }
 
 /// A room's JID: bare, with a local part (the room name).
@@ -241,6 +285,7 @@ mod tests {
                 body: body.into(),
                 ..Default::default()
             })),
+            ..Default::default()
         }
     }
 
@@ -262,7 +307,9 @@ mod tests {
         assert_eq!(e.code, Code::BadJid);
         let e = decode_up(b"\xff\xff\xff", &limits, None).unwrap_err();
         assert_eq!((e.id.as_str(), e.code), ("", Code::BadEnvelope));
-        let e = decode_up(&encode(v1::Up { id: "x".into(), body: None }), &limits, None).unwrap_err();
+        let e =
+            decode_up(&encode(v1::Up { id: "x".into(), body: None, ..Default::default() }), &limits, None)
+                .unwrap_err();
         assert_eq!((e.id.as_str(), e.code), ("x", Code::BadEnvelope));
         let mut no_id = chat_to("bob@x", "hi");
         no_id.id.clear();
@@ -278,6 +325,7 @@ mod tests {
                 kind: 0,
                 ..Default::default()
             })),
+            ..Default::default()
         };
         let UpCmd::Subscription { to, .. } = decode_up(&encode(up), &Limits::default(), None).unwrap().cmd
         else {
@@ -295,7 +343,11 @@ mod tests {
                 history: 5,
                 password: String::new(),
             });
-            decode_up(&encode(v1::Up { id: "j".into(), body: Some(body) }), &Limits::default(), None)
+            decode_up(
+                &encode(v1::Up { id: "j".into(), body: Some(body), ..Default::default() }),
+                &Limits::default(),
+                None,
+            )
         };
         let UpCmd::RoomJoin { room, nick, history, .. } = join("Lounge@muc.x", "Alice").unwrap().cmd else {
             panic!("join expected")
@@ -314,6 +366,7 @@ mod tests {
                 room: "lounge@muc.x".into(),
                 status: "bye".into(),
             })),
+            ..Default::default()
         };
         let cmd = decode_up(&encode(leave), &Limits::default(), None).unwrap().cmd;
         assert!(matches!(cmd, UpCmd::RoomLeave { ref status, .. } if status == "bye"));
@@ -330,6 +383,7 @@ mod tests {
                 body: "hi".into(),
                 ..Default::default()
             })),
+            ..Default::default()
         };
         let env = decode_up(&encode(by_ref(3)), &Limits::default(), Some(&refs)).unwrap();
         let UpCmd::Chat { to, chat, .. } = env.cmd else { panic!("chat") };
@@ -348,11 +402,75 @@ mod tests {
     fn hello_carries_the_session_options() {
         let hello = v1::Up {
             id: String::new(),
-            body: Some(up::Body::Hello(v1::Hello { peer_refs: true, roster_ver: 12 })),
+            body: Some(up::Body::Hello(v1::Hello { peer_refs: true, roster_ver: 12, numeric_ids: true })),
+            ..Default::default()
         };
         let cmd = decode_up(&encode(hello), &Limits::default(), None).unwrap().cmd;
-        assert_eq!(cmd, UpCmd::Hello { peer_refs: true, roster_ver: 12 });
+        assert_eq!(cmd, UpCmd::Hello { peer_refs: true, roster_ver: 12, numeric_ids: true });
         assert_eq!(up_kind(&cmd), "hello");
+    }
+
+    #[test]
+    fn numeric_ids_stand_for_their_rendering() {
+        let chat = v1::Up {
+            num_id: 1000,
+            body: Some(up::Body::Chat(v1::Chat { peer: "bob@x.test".into(), ..Default::default() })),
+            ..Default::default()
+        };
+        let env = decode_up(&encode(chat.clone()), &Limits::default(), None).unwrap();
+        assert_eq!(env.id, "Po");
+        assert!(matches!(env.cmd, UpCmd::Chat { ref id, .. } if id.as_str() == "Po"));
+        let receipt = v1::Up {
+            num_id: 1001,
+            body: Some(up::Body::Receipt(v1::Receipt {
+                peer: "bob@x.test".into(),
+                num_id: 64,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let env = decode_up(&encode(receipt), &Limits::default(), None).unwrap();
+        let UpCmd::Receipt { id, receipt, .. } = env.cmd else { panic!("a receipt") };
+        assert_eq!((id.as_str(), receipt.id.as_str(), receipt.num_id), ("Pp", "BA", 0));
+    }
+
+    #[test]
+    fn an_id_given_both_ways_is_refused() {
+        let both = v1::Up { id: "Po".into(), ..v1::Up::default() };
+        let mut chat = v1::Up { num_id: 1000, ..both };
+        chat.body = Some(up::Body::Chat(v1::Chat { peer: "bob@x.test".into(), ..Default::default() }));
+        let e = decode_up(&encode(chat), &Limits::default(), None).unwrap_err();
+        assert_eq!((e.code, e.text.as_str()), (Code::BadEnvelope, "both id and num_id"));
+        let receipt = v1::Up {
+            num_id: 7,
+            body: Some(up::Body::Receipt(v1::Receipt {
+                peer: "bob@x.test".into(),
+                id: "m1".into(),
+                num_id: 8,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let e = decode_up(&encode(receipt), &Limits::default(), None).unwrap_err();
+        assert_eq!(
+            (e.id.as_str(), e.code, e.text.as_str()),
+            ("H", Code::BadEnvelope, "receipt has both id and num_id")
+        );
+    }
+
+    #[test]
+    fn downs_carry_numbers_only_where_the_id_is_one() {
+        let mut down = v1::Down {
+            id: "Po".into(),
+            body: Some(down::Body::Receipt(v1::Receipt { id: "m.17".into(), ..Default::default() })),
+            ..Default::default()
+        };
+        assert!(compact_num_ids(&mut down));
+        let Some(down::Body::Receipt(r)) = &down.body else { panic!("a receipt") };
+        assert_eq!((down.id.as_str(), down.num_id, r.id.as_str(), r.num_id), ("", 1000, "m.17", 0));
+        let mut kept = v1::Down { id: "APo".into(), ..Default::default() };
+        assert!(!compact_num_ids(&mut kept));
+        assert_eq!((kept.id.as_str(), kept.num_id), ("APo", 0));
     }
 
     proptest! {

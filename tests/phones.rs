@@ -48,6 +48,7 @@ async fn two_phones_chat_with_receipts_and_one_resumes_after_being_offline() {
             outgoing: false,
             ..Default::default()
         })),
+        ..Default::default()
     };
     bob.send(receipt).await;
     let r = alice.next_where(|d| matches!(d.body, Some(down::Body::Receipt(_)))).await;
@@ -370,7 +371,9 @@ async fn rooms_need_federation_and_a_join_first() {
     // Without federation no room can be reached.
     let join =
         v1::RoomJoin { room: "lounge@muc.example.org".into(), nick: "Alice".into(), ..Default::default() };
-    alice.send(v1::Up { id: "j1".into(), body: Some(v1::up::Body::RoomJoin(join)) }).await;
+    alice
+        .send(v1::Up { id: "j1".into(), body: Some(v1::up::Body::RoomJoin(join)), ..Default::default() })
+        .await;
     let e = alice.next_where(|d| error_code(d).is_some()).await;
     assert_eq!((error_code(&e), e.id.as_str()), (Some(Code::RemoteServerNotFound as i32), "j1"));
     // Posting to a room one is not in is refused, and nothing is stored.
@@ -383,6 +386,8 @@ async fn rooms_need_federation_and_a_join_first() {
     assert_eq!((error_code(&e), e.id.as_str()), (Some(Code::NotAllowed as i32), "g1"));
     // Leaving a room one is not in is no error.
     let leave = v1::RoomLeave { room: "lounge@muc.example.org".into(), status: String::new() };
-    alice.send(v1::Up { id: "l1".into(), body: Some(v1::up::Body::RoomLeave(leave)) }).await;
+    alice
+        .send(v1::Up { id: "l1".into(), body: Some(v1::up::Body::RoomLeave(leave)), ..Default::default() })
+        .await;
     assert!(alice.drain_for(Duration::from_millis(300)).await.iter().all(|d| error_code(d).is_none()));
 }

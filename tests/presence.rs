@@ -15,6 +15,7 @@ fn sub(id: &str, peer: &str, kind: Kind) -> v1::Up {
             kind: kind as i32,
             ..Default::default()
         })),
+        ..Default::default()
     }
 }
 
@@ -82,7 +83,8 @@ async fn the_subscription_handshake_both_ways_then_presence_flows() {
 
     // A status change reaches the contact.
     let away = v1::Presence { show: Show::Away as i32, status: "lunch".into(), ..Default::default() };
-    bob.send(v1::Up { id: "p1".into(), body: Some(v1::up::Body::Presence(away)) }).await;
+    bob.send(v1::Up { id: "p1".into(), body: Some(v1::up::Body::Presence(away)), ..Default::default() })
+        .await;
     let p = alice
         .next_where(|d| {
             presence_of(d, &format!("{}/phone", jid("bob"))).is_some_and(|p| p.show == Show::Away as i32)
@@ -100,12 +102,22 @@ async fn the_subscription_handshake_both_ways_then_presence_flows() {
         .await;
 
     // Roster versioning: nothing changed since `ver`, so the delta is empty; from 0 it is full.
-    alice.send(v1::Up { id: "g1".into(), body: Some(v1::up::Body::RosterGet(v1::RosterGet { ver })) }).await;
+    alice
+        .send(v1::Up {
+            id: "g1".into(),
+            body: Some(v1::up::Body::RosterGet(v1::RosterGet { ver })),
+            ..Default::default()
+        })
+        .await;
     let r = alice.next_where(|d| d.id == "g1").await;
     let Some(down::Body::Roster(r)) = r.body else { panic!("roster expected") };
     assert!(!r.full && r.items.is_empty() && r.ver == ver);
     alice
-        .send(v1::Up { id: "g2".into(), body: Some(v1::up::Body::RosterGet(v1::RosterGet { ver: 0 })) })
+        .send(v1::Up {
+            id: "g2".into(),
+            body: Some(v1::up::Body::RosterGet(v1::RosterGet { ver: 0 })),
+            ..Default::default()
+        })
         .await;
     let r = alice.next_where(|d| d.id == "g2").await;
     let Some(down::Body::Roster(r)) = r.body else { panic!("roster expected") };

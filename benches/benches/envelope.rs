@@ -19,6 +19,7 @@ fn up_chat() -> Up {
             body: BODY.into(),
             ..Default::default()
         })),
+        ..Default::default()
     }
 }
 
@@ -32,6 +33,7 @@ fn down_chat() -> Down {
             ts: 1_795_000_000_123,
             ..Default::default()
         })),
+        ..Default::default()
     }
 }
 

@@ -69,7 +69,12 @@ impl Fixture {
             outgoing,
             ..Default::default()
         };
-        let down = |c| Down { seq: 0, id: id.as_str().into(), body: Some(down::Body::Chat(c)) };
+        let down = |c| Down {
+            seq: 0,
+            id: id.as_str().into(),
+            body: Some(down::Body::Chat(c)),
+            ..Default::default()
+        };
         let deliveries = vec![
             Delivery {
                 user: self.bob.clone(),

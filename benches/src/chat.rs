@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use prost::Message;
 use serde::Serialize;
+use tern_schemas::num_id;
 use tern_schemas::v1::{up, Chat, Up};
 
 use crate::brokers;
@@ -50,8 +51,8 @@ pub(crate) const PASSWORD: &str = "bench-pw";
 pub(crate) const DEVICE: &str = "phone";
 /// Chat body length; the body is the send time in microseconds, zero-padded.
 pub(crate) const BODY_LEN: usize = 20;
-/// Message id length: base64url of the per-sender message number.
-const ID_LEN: usize = 6;
+/// How message ids are made, as the JSON settings say it.
+const IDS: &str = "message k has id num_id::render(k + 1), base64url without leading zeros (docs/PROTOCOL.md \"Numeric ids\"); tern phones send it as num_id";
 /// Time given to the last PUBACKs to cross the proxy before the counters are read.
 pub(crate) const SETTLE: Duration = Duration::from_millis(150);
 
@@ -136,7 +137,7 @@ pub(crate) struct Settings {
     pub(crate) inflight_per_sender: u16,
     pub(crate) timeout_s: u64,
     pub(crate) body_bytes: usize,
-    pub(crate) id_chars: usize,
+    pub(crate) ids: &'static str,
     pub(crate) mqtt: &'static str,
     pub(crate) client: &'static str,
     /// The XMPP side, where there is one.
@@ -159,7 +160,7 @@ impl Settings {
             inflight_per_sender: a.inflight,
             timeout_s: a.timeout.unwrap_or(if q { 20 } else { 60 }),
             body_bytes: BODY_LEN,
-            id_chars: ID_LEN,
+            ids: IDS,
             mqtt: "3.1.1, QoS 1",
             client: "rumqttc 0.25",
             xmpp: None,
@@ -406,32 +407,31 @@ async fn run_prosody(
 // ---------------------------------------------------------------------------------------------
 // Payloads
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-pub(crate) fn message_id(mut k: u64) -> String {
-    let mut s = [0u8; ID_LEN];
-    for c in s.iter_mut().rev() {
-        *c = B64[(k % 64) as usize];
-        k /= 64;
-    }
-    String::from_utf8(s.to_vec()).unwrap()
+/// The id of message `k` on every side: the string a phone's counter `k + 1` stands for.
+pub(crate) fn message_id(k: u64) -> String {
+    // k + 1 ≥ 1 always renders.
+    num_id::render(k + 1).unwrap_or_default()
 }
 
+/// The message number of `id`, if it is one of [`message_id`]'s.
 pub(crate) fn parse_message_id(id: &str) -> Option<u64> {
-    if id.len() != ID_LEN {
-        return None;
-    }
-    id.bytes().try_fold(0u64, |k, c| Some(k * 64 + B64.iter().position(|&b| b == c)? as u64))
+    num_id::parse(id).map(|n| n - 1)
+}
+
+/// The string id of a received envelope, whichever way it came.
+pub(crate) fn id_of(id: String, num_id: u64) -> String {
+    num_id::render(num_id).unwrap_or(id)
 }
 
 pub(crate) fn chat_up(k: u64, peer: &str, sent_us: u64) -> Vec<u8> {
     Up {
-        id: message_id(k),
+        num_id: k + 1,
         body: Some(up::Body::Chat(Chat {
             peer: peer.to_owned(),
             body: format!("{sent_us:0BODY_LEN$}"),
             ..Default::default()
         })),
+        ..Default::default()
     }
     .encode_to_vec()
 }
@@ -440,12 +440,13 @@ pub(crate) fn chat_up(k: u64, peer: &str, sent_us: u64) -> Vec<u8> {
 /// tern phone that has the recipient on its roster sends it.
 pub(crate) fn chat_up_by_ref(k: u64, peer_ref: u32, sent_us: u64) -> Vec<u8> {
     Up {
-        id: message_id(k),
+        num_id: k + 1,
         body: Some(up::Body::Chat(Chat {
             peer_ref,
             body: format!("{sent_us:0BODY_LEN$}"),
             ..Default::default()
         })),
+        ..Default::default()
     }
     .encode_to_vec()
 }
@@ -459,22 +460,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_round_trip_and_are_fixed_width() {
+    fn ids_round_trip() {
         for k in [0, 1, 63, 64, 4095, 123_456, 64u64.pow(6) - 1] {
             let id = message_id(k);
-            assert_eq!(id.len(), ID_LEN);
             assert_eq!(parse_message_id(&id), Some(k));
+            assert_eq!(id_of(String::new(), k + 1), id);
         }
+        assert_eq!(message_id(0), "B");
         assert_eq!(parse_message_id("AAA"), None);
         assert_eq!(parse_message_id("AAAAA!"), None);
     }
 
     #[test]
     fn payload_has_fixed_size_body() {
+        // The numeric id grows with k, the body does not.
         let a = chat_up(0, "lr0@bench.test", 0);
-        let b = chat_up(99_999, "lr0@bench.test", 123_456_789_012);
+        let b = chat_up(99, "lr0@bench.test", 123_456_789_012);
         assert_eq!(a.len(), b.len());
         let up = Up::decode(b.as_slice()).unwrap();
+        assert_eq!(id_of(up.id, up.num_id), message_id(99));
         let Some(up::Body::Chat(c)) = up.body else { panic!() };
         assert_eq!(c.body.len(), BODY_LEN);
         assert_eq!(c.body.parse::<u64>().unwrap(), 123_456_789_012);

@@ -5,3 +5,5 @@ pub mod v1 {
     #![allow(missing_docs, clippy::all)]
     include!(concat!(env!("OUT_DIR"), "/tern.v1.rs"));
 }
+
+pub mod num_id;

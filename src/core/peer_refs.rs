@@ -152,6 +152,7 @@ mod tests {
                 r#type: type_ as i32,
                 ..Default::default()
             })),
+            ..Default::default()
         }
     }
 
@@ -201,6 +202,7 @@ mod tests {
                 id: "m1".into(),
                 ..Default::default()
             })),
+            ..Default::default()
         };
         let mut d = receipt("bob@x.test/phone");
         assert!(refs.compact_down(&mut d));
@@ -224,6 +226,7 @@ mod tests {
                 body: "hi".into(),
                 ..Default::default()
             })),
+            ..Default::default()
         };
         // A ref the device may not have been told still names the same JID: refs are never reused.
         refs.expand_up(&mut up).unwrap();

@@ -17,7 +17,7 @@ use prost::Message;
 use tern_schemas::v1::{self, down, error::Code};
 
 use crate::core::peer_refs::PeerRefs;
-use crate::envelope::{decode_up, error_down, EnvelopeError, Limits, UpCmd, UpEnvelope};
+use crate::envelope::{compact_num_ids, decode_up, error_down, EnvelopeError, Limits, UpCmd, UpEnvelope};
 use crate::ids::{DeviceId, Seq, UserName};
 use crate::mqtt::{CloseReason, ConnCode, ConnectReq, Inbound, Outbound, PublishIn, Will};
 use crate::store::inbox::StoredEntry;
@@ -146,6 +146,8 @@ pub struct Session {
     client_max_packet: Option<usize>,
     /// Set once the device sent `Hello{peer_refs}` and its table was loaded.
     refs: Option<PeerRefs>,
+    /// Set by `Hello{numeric_ids}`: ids that are numbers go down as `num_id`.
+    numeric_ids: bool,
     out: VecDeque<Action>,
 }
 
@@ -181,6 +183,7 @@ impl Session {
             plain_filters: 0,
             client_max_packet: None,
             refs: None,
+            numeric_ids: false,
             out: VecDeque::new(),
         }
     }
@@ -401,8 +404,9 @@ impl Session {
                             self.start_sync(env.id.clone(), after);
                             pending.done = Some(Ok(None));
                         }
-                        UpCmd::Hello { peer_refs, roster_ver } => {
+                        UpCmd::Hello { peer_refs, roster_ver, numeric_ids } => {
                             self.refs = None;
+                            self.numeric_ids = numeric_ids;
                             if peer_refs {
                                 self.out.push_back(Action::LoadPeerRefs { roster_ver });
                             }
@@ -509,16 +513,26 @@ impl Session {
         self.refs = Some(refs);
     }
 
-    /// `payload` as this device should get it: with peer refs where it knows them. A roster
-    /// answer or push teaches the device the refs it carries, so it updates the table first.
-    fn with_refs(&mut self, payload: Bytes) -> Bytes {
-        let Some(refs) = self.refs.as_mut() else { return payload };
+    /// `payload` as this device asked for it in `Hello`: with peer refs where it knows them,
+    /// and numeric ids. A roster answer or push teaches the device the refs it carries, so it
+    /// updates the table first.
+    fn for_device(&mut self, payload: Bytes) -> Bytes {
+        if self.refs.is_none() && !self.numeric_ids {
+            return payload;
+        }
         // Payloads are the server's own encodings; one that does not decode is sent as it is.
         let Ok(mut down) = v1::Down::decode(payload.clone()) else { return payload };
-        if let Some(down::Body::Roster(roster)) = &down.body {
-            refs.on_roster(roster);
+        let mut changed = false;
+        if let Some(refs) = self.refs.as_mut() {
+            if let Some(down::Body::Roster(roster)) = &down.body {
+                refs.on_roster(roster);
+            }
+            changed |= refs.compact_down(&mut down);
         }
-        if refs.compact_down(&mut down) {
+        if self.numeric_ids {
+            changed |= compact_num_ids(&mut down);
+        }
+        if changed {
             Bytes::from(down.encode_to_vec())
         } else {
             payload
@@ -528,7 +542,7 @@ impl Session {
     /// An ephemeral downward envelope (presence, chat state, roster push) for this session.
     pub fn on_live(&mut self, payload: Bytes) {
         if matches!(self.phase, Phase::Open) {
-            let payload = self.with_refs(payload);
+            let payload = self.for_device(payload);
             metrics::counter!("tern_envelopes_delivered_total", "path" => "live").increment(1);
             self.send(Outbound::Publish { topic: "d".into(), payload, qos: 0, pkid: 0, retain: false });
         }
@@ -580,7 +594,7 @@ impl Session {
                 self.inflight.push_back(InflightDown { seq: e.seq, pkid: None, acked: true });
                 continue;
             }
-            let down = self.with_refs(e.down);
+            let down = self.for_device(e.down);
             // A PUBLISH on `d` adds at most 9 bytes of MQTT framing to the envelope.
             let payload = match self.client_max_packet {
                 Some(max) if down.len() + 9 > max => too_large_stub(&down),

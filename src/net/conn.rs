@@ -180,9 +180,7 @@ impl Driver {
                 // recipient's PUBACK beside its next delivery) go out in the same write: a
                 // send per packet was the largest cost on the message path after the store.
                 // Only ready events are taken, so a lone packet is written at once.
-                let more = !self.closing
-                    && coalesced < COALESCE_EVENTS
-                    && self.wbuf.len() < COALESCE_BYTES;
+                let more = !self.closing && coalesced < COALESCE_EVENTS && self.wbuf.len() < COALESCE_BYTES;
                 match more.then(|| self.next_event(&mut rd, &mut rbuf).now_or_never()).flatten() {
                     Some(event) => {
                         coalesced += 1;

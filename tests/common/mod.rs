@@ -263,6 +263,7 @@ pub fn chat(id: &str, to: &str, body: &str) -> v1::Up {
     v1::Up {
         id: id.into(),
         body: Some(v1::up::Body::Chat(v1::Chat { peer: to.into(), body: body.into(), ..Default::default() })),
+        ..Default::default()
     }
 }
 

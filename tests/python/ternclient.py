@@ -168,11 +168,12 @@ class Phone:
 
     # -- peer refs (docs/PROTOCOL.md "Peer refs") --------------------------
 
-    def hello(self, peer_refs: bool = True, roster_ver: int = 0, qos: int = 1) -> None:
+    def hello(self, peer_refs: bool = True, roster_ver: int = 0, qos: int = 1, numeric_ids: bool = False) -> None:
         """Up{hello}: session options for this connection. At QoS 1 its PUBACK says the server
         has read it; at QoS 0 nothing answers it."""
         up = self.pb.Up()
         up.hello.peer_refs, up.hello.roster_ver = peer_refs, roster_ver
+        up.hello.numeric_ids = numeric_ids
         self.send(up, qos=qos)
 
     def roster_set(self, jid: str, name: str = ""):

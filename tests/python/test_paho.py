@@ -75,6 +75,37 @@ def test_chat_both_ways(pb, tern, phones):
         assert p.subacks == {}
 
 
+def test_numeric_ids_stand_for_short_string_ids(pb, tern, phones):
+    """Up.num_id is the id its base64url rendering spells; Hello{numeric_ids} sends such ids
+    down as numbers, and everyone else sees the string."""
+    alice = phones("alice", "alice-phone")
+    bob = phones("bob", "bob-phone")
+    alice.connect()
+    bob.connect()
+    alice.hello(peer_refs=False, numeric_ids=True)
+    up = pb.Up(num_id=1000)
+    up.chat.peer, up.chat.body = tern.jid("alice"), "by number"
+    bob.send(up)
+    got = alice.wait_chat("by number")
+    assert (got.id, got.num_id) == ("", 1000)
+    # A string id that is no number's rendering stays a string.
+    bob.chat(tern.jid("alice"), "by string", msg_id="m.1")
+    got = alice.wait_chat("by string")
+    assert (got.id, got.num_id) == ("m.1", 0)
+    # alice's receipt names the message by number; bob, without the option, sees "Po".
+    receipt = pb.Up(num_id=7)
+    receipt.receipt.peer, receipt.receipt.num_id = bob.jid, 1000
+    alice.send(receipt)
+    back = bob.wait_down(lambda d: d.WhichOneof("body") == "receipt", "receipt")
+    assert (back.receipt.id, back.receipt.num_id) == ("Po", 0)
+    # Both forms of one id are refused, with the reason.
+    both = pb.Up(id="Po", num_id=1000)
+    both.chat.peer, both.chat.body = tern.jid("alice"), "twice"
+    bob.send(both)
+    err = bob.wait_error(pb.Error.BAD_ENVELOPE)
+    assert err.error.text == "both id and num_id"
+
+
 def test_peer_refs_name_contacts_by_number_both_ways(pb, tern, phones):
     """Hello{peer_refs}: a listed contact travels as a small ref instead of its JID."""
     alice = phones("alice", "alice-phone")

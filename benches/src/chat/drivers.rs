@@ -13,8 +13,9 @@ use tern_schemas::v1::{down, receipt, up, Down, Hello, Receipt, RosterItem, Up};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{chat_up, chat_up_by_ref, parse_message_id, user_name, Kind, DEVICE, PASSWORD};
+use super::{chat_up, chat_up_by_ref, id_of, parse_message_id, user_name, Kind, DEVICE, PASSWORD};
 use crate::report::new_histogram;
+use tern_schemas::num_id;
 
 pub(crate) struct Ctx {
     pub(crate) kind: Kind,
@@ -213,10 +214,13 @@ impl PeerName {
     /// Sends the Hello and the roster set; the caller then waits for [`PeerName::learn`].
     fn start(&self, client: &AsyncClient) -> Result<(), String> {
         let Some(contact) = &self.contact else { return Ok(()) };
-        let hello =
-            Up { id: String::new(), body: Some(up::Body::Hello(Hello { peer_refs: true, roster_ver: 0 })) };
+        let hello = Up {
+            id: String::new(),
+            body: Some(up::Body::Hello(Hello { peer_refs: true, roster_ver: 0, numeric_ids: true })),
+            ..Default::default()
+        };
         let item = RosterItem { jid: contact.clone(), ..Default::default() };
-        let set = Up { id: "roster".into(), body: Some(up::Body::RosterSet(item)) };
+        let set = Up { id: "roster".into(), body: Some(up::Body::RosterSet(item)), ..Default::default() };
         client.try_publish("u", QoS::AtMostOnce, false, hello.encode_to_vec()).map_err(|e| e.to_string())?;
         client.try_publish("u", QoS::AtLeastOnce, false, set.encode_to_vec()).map_err(|e| e.to_string())
     }
@@ -392,7 +396,8 @@ pub(crate) async fn recipient_driver(
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let chat = match ctx.kind {
                         Kind::Tern => match Down::decode(p.payload.as_ref()) {
-                            Ok(Down { seq, id, body: Some(down::Body::Chat(c)) }) if p.topic == "d" => {
+                            Ok(Down { seq, id, num_id, body: Some(down::Body::Chat(c)) }) if p.topic == "d" => {
+                                let id = id_of(id, num_id);
                                 let by_ref = c.peer_ref != 0 && peer.learnt.get() == Some(&c.peer_ref);
                                 if !(c.peer == expected_peer || by_ref && c.resource == DEVICE) {
                                     st.wrong_peer += 1;
@@ -437,7 +442,9 @@ pub(crate) async fn recipient_driver(
                             }
                         },
                         Kind::Mosquitto | Kind::Xmpp => match Up::decode(p.payload.as_ref()) {
-                            Ok(Up { id, body: Some(up::Body::Chat(c)) }) if p.topic == topic => Some((id, c.body)),
+                            Ok(Up { id, num_id, body: Some(up::Body::Chat(c)) }) if p.topic == topic => {
+                                Some((id_of(id, num_id), c.body))
+                            }
                             other => {
                                 if ctx.running() {
                                     note_unexpected(&mut st.unexpected_samples, &p.topic, &other);
@@ -472,9 +479,15 @@ pub(crate) async fn recipient_driver(
 
 /// The delivery receipt a phone sends for chat message `id` from `peer` (or `peer_ref`).
 fn receipt_up(id: &str, peer: String, peer_ref: u32) -> Vec<u8> {
+    let up_id = format!("r{id}");
+    // A phone sends ids that are numbers as numbers (docs/PROTOCOL.md "Numeric ids").
+    let (id, num_id) = match num_id::parse(id) {
+        Some(n) => (String::new(), n),
+        None => (id.to_owned(), 0),
+    };
     let receipt =
-        Receipt { peer, peer_ref, id: id.to_owned(), kind: receipt::Kind::Delivered as i32, outgoing: false };
-    Up { id: format!("r{id}"), body: Some(up::Body::Receipt(receipt)) }.encode_to_vec()
+        Receipt { peer, peer_ref, id, num_id, kind: receipt::Kind::Delivered as i32, ..Default::default() };
+    Up { id: up_id, body: Some(up::Body::Receipt(receipt)), ..Default::default() }.encode_to_vec()
 }
 
 /// When one sender sends: flat out from `start`, or at `rate` per second from `start + offset`;

@@ -630,11 +630,15 @@ pub(crate) fn chat_of(system: System, p: &crate::raw_mqtt::Publish) -> Option<(S
     match system {
         System::Tern if p.topic != "d" => None,
         System::Tern => match Down::decode(payload).ok()? {
-            Down { id, body: Some(down::Body::Chat(c)), .. } => Some((id, c.body)),
+            Down { id, num_id, body: Some(down::Body::Chat(c)), .. } => {
+                Some((crate::chat::id_of(id, num_id), c.body))
+            }
             _ => None,
         },
         System::Mosquitto => match Up::decode(payload).ok()? {
-            Up { id, body: Some(up::Body::Chat(c)) } => Some((id, c.body)),
+            Up { id, num_id, body: Some(up::Body::Chat(c)) } => {
+                Some((crate::chat::id_of(id, num_id), c.body))
+            }
             _ => None,
         },
         System::Prosody => None,

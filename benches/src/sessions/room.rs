@@ -38,7 +38,8 @@ pub(crate) async fn join(link: &mut Link, room: &Jid, nick: &str) -> anyhow::Res
     match link {
         Link::Mqtt(c) => {
             let join = v1::RoomJoin { room: room.bare_str(), nick: nick.into(), ..Default::default() };
-            let up = Up { id: format!("join-{nick}"), body: Some(up::Body::RoomJoin(join)) };
+            let up =
+                Up { id: format!("join-{nick}"), body: Some(up::Body::RoomJoin(join)), ..Default::default() };
             c.send(&crate::raw_mqtt::publish_packet("u", Some(1), &up.encode_to_vec())).await
         }
         Link::Xmpp(x) => {
@@ -125,7 +126,11 @@ pub(crate) async fn post_all(
                     r#type: v1::MessageType::Groupchat as i32,
                     ..Default::default()
                 };
-                ("u".to_owned(), Up { id: message_id(k), body: Some(up::Body::Chat(chat)) }.encode_to_vec())
+                (
+                    "u".to_owned(),
+                    Up { id: message_id(k), body: Some(up::Body::Chat(chat)), ..Default::default() }
+                        .encode_to_vec(),
+                )
             });
             send_all(c, packets, window).await
         }

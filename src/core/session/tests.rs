@@ -65,6 +65,7 @@ fn chat_up(id: &str) -> Bytes {
             body: "hi".into(),
             ..Default::default()
         })),
+        ..Default::default()
     };
     Bytes::from(up.encode_to_vec())
 }
@@ -257,7 +258,11 @@ fn wakes_pull_new_entries() {
 fn sync_rewinds_and_reports_done() {
     let now = Instant::now();
     let (mut s, _) = open(now, Some(2), 2);
-    let up = v1::Up { id: "s1".into(), body: Some(v1::up::Body::Sync(v1::Sync { after: 0 })) };
+    let up = v1::Up {
+        id: "s1".into(),
+        body: Some(v1::up::Body::Sync(v1::Sync { after: 0 })),
+        ..Default::default()
+    };
     s.on_packet(now, publish("u", Bytes::from(up.encode_to_vec()), 0, 0));
     assert!(drain(&mut s).contains(&Action::Fetch { after: Seq(0), limit: 2 }));
     s.on_entries(vec![entry(1, None), entry(2, None)]);
@@ -389,9 +394,17 @@ fn a_sync_or_ack_beyond_the_inbox_cannot_move_the_cursor_past_it() {
     let now = Instant::now();
     let (mut s, _) = open(now, Some(0), 5);
     drain(&mut s);
-    let sync = v1::Up { id: "s".into(), body: Some(v1::up::Body::Sync(v1::Sync { after: 1000 })) };
+    let sync = v1::Up {
+        id: "s".into(),
+        body: Some(v1::up::Body::Sync(v1::Sync { after: 1000 })),
+        ..Default::default()
+    };
     s.on_packet(now, publish("u", Bytes::from(sync.encode_to_vec()), 0, 0));
-    let ack = v1::Up { id: "a".into(), body: Some(v1::up::Body::Ack(v1::Ack { upto: 1000 })) };
+    let ack = v1::Up {
+        id: "a".into(),
+        body: Some(v1::up::Body::Ack(v1::Ack { upto: 1000 })),
+        ..Default::default()
+    };
     s.on_packet(now, publish("u", Bytes::from(ack.encode_to_vec()), 0, 0));
     for a in drain(&mut s) {
         if let Action::SaveCursor(c) = a {
@@ -441,6 +454,7 @@ fn an_entry_larger_than_the_client_accepts_is_replaced_by_an_error_and_passed() 
         seq: 1,
         id: "big".into(),
         body: Some(down::Body::Chat(v1::Chat { body: "x".repeat(500), ..Default::default() })),
+        ..Default::default()
     };
     s.on_entries(vec![StoredEntry {
         seq: Seq(1),
@@ -476,7 +490,8 @@ fn downs(actions: &[Action]) -> Vec<v1::Down> {
 
 fn chat_entry(seq: u64, peer: &str) -> StoredEntry {
     let chat = v1::Chat { peer: peer.into(), body: "hi".into(), ..Default::default() };
-    let down = v1::Down { seq, id: format!("m{seq}"), body: Some(down::Body::Chat(chat)) };
+    let down =
+        v1::Down { seq, id: format!("m{seq}"), body: Some(down::Body::Chat(chat)), ..Default::default() };
     StoredEntry { seq: Seq(seq), origin: None, ts_ms: 0, down: Bytes::from(down.encode_to_vec()) }
 }
 
@@ -486,7 +501,8 @@ fn hello_turns_on_peer_refs_which_roster_pushes_teach() {
     let (mut s, _) = open(now, Some(0), 0);
     let hello = v1::Up {
         id: String::new(),
-        body: Some(v1::up::Body::Hello(v1::Hello { peer_refs: true, roster_ver: 4 })),
+        body: Some(v1::up::Body::Hello(v1::Hello { peer_refs: true, roster_ver: 4, ..Default::default() })),
+        ..Default::default()
     };
     s.on_packet(now, publish("u", Bytes::from(hello.encode_to_vec()), 0, 0));
     let a = drain(&mut s);
@@ -517,6 +533,7 @@ fn hello_turns_on_peer_refs_which_roster_pushes_teach() {
     let up = |peer_ref| v1::Up {
         id: "u1".into(),
         body: Some(v1::up::Body::Chat(v1::Chat { peer_ref, body: "yo".into(), ..Default::default() })),
+        ..Default::default()
     };
     s.on_packet(now, publish("u", Bytes::from(up(2).encode_to_vec()), 1, 7));
     let ticket = drain(&mut s)
@@ -539,4 +556,27 @@ fn hello_turns_on_peer_refs_which_roster_pushes_teach() {
         })
         .collect();
     assert_eq!(errors, vec!["unknown peer_ref 9".to_owned()]);
+}
+
+#[test]
+fn hello_turns_on_numeric_ids_for_ids_that_are_numbers() {
+    let now = Instant::now();
+    let (mut s, _) = open(now, Some(0), 0);
+    let hello = v1::Up {
+        body: Some(v1::up::Body::Hello(v1::Hello { numeric_ids: true, ..Default::default() })),
+        ..Default::default()
+    };
+    s.on_packet(now, publish("u", Bytes::from(hello.encode_to_vec()), 0, 0));
+    // Without peer refs there is no table to load.
+    assert_eq!(drain(&mut s), vec![]);
+    s.on_wake(Seq(2));
+    drain(&mut s);
+    let with_id = |seq, id: &str| {
+        let chat = v1::Chat { peer: "bob@x".into(), body: "hi".into(), ..Default::default() };
+        let down = v1::Down { seq, id: id.into(), body: Some(down::Body::Chat(chat)), ..Default::default() };
+        StoredEntry { seq: Seq(seq), origin: None, ts_ms: 0, down: Bytes::from(down.encode_to_vec()) }
+    };
+    s.on_entries(vec![with_id(1, "Po"), with_id(2, "m.2")]);
+    let got: Vec<_> = downs(&drain(&mut s)).into_iter().map(|d| (d.id, d.num_id)).collect();
+    assert_eq!(got, vec![(String::new(), 1000), ("m.2".to_owned(), 0)]);
 }
