@@ -273,7 +273,7 @@ mod tests {
         chat_message(65, &peer, 1234, true).write_in_stream(NS_CLIENT, &mut out);
         assert_eq!(
             out,
-            "<message to='lr0@bench.test' id='AAAABB' type='chat'><body>00000000000000001234</body>\
+            "<message to='lr0@bench.test' id='BC' type='chat'><body>00000000000000001234</body>\
              <request xmlns='urn:xmpp:receipts'/></message>"
         );
         out.clear();
