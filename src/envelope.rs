@@ -207,17 +207,11 @@ pub fn decode_up(
 /// Replaces each numeric id of `up` by the string id it stands for (docs/PROTOCOL.md "Numeric
 /// ids"), so that nothing past decoding sees the numeric form.
 fn expand_num_ids(up: &mut v1::Up) -> Result<(), &'static str> {
-    fn expand(id: &mut String, num_id: &mut u64) -> bool {
-        let Some(rendered) = num_id::render(std::mem::take(num_id)) else { return true };
-        let alone = id.is_empty();
-        *id = rendered;
-        alone
-    }
-    if !expand(&mut up.id, &mut up.num_id) {
+    if !num_id::expand(&mut up.id, &mut up.num_id) {
         return Err("both id and num_id");
     }
     if let Some(up::Body::Receipt(r)) = up.body.as_mut() {
-        if !expand(&mut r.id, &mut r.num_id) {
+        if !num_id::expand(&mut r.id, &mut r.num_id) {
             return Err("receipt has both id and num_id");
         }
     }
@@ -227,15 +221,9 @@ fn expand_num_ids(up: &mut v1::Up) -> Result<(), &'static str> {
 /// Sends each id of `down` that is a number as its `num_id`, for a device that asked for
 /// numeric ids; true if anything changed.
 pub fn compact_num_ids(down: &mut v1::Down) -> bool {
-    fn compact(id: &mut String, num_id: &mut u64) -> bool {
-        let Some(n) = num_id::parse(id) else { return false };
-        id.clear();
-        *num_id = n;
-        true
-    }
-    let mut changed = compact(&mut down.id, &mut down.num_id);
+    let mut changed = num_id::compact(&mut down.id, &mut down.num_id);
     if let Some(down::Body::Receipt(r)) = down.body.as_mut() {
-        changed |= compact(&mut r.id, &mut r.num_id);
+        changed |= num_id::compact(&mut r.id, &mut r.num_id);
     }
     changed
 }

@@ -419,8 +419,9 @@ pub(crate) fn parse_message_id(id: &str) -> Option<u64> {
 }
 
 /// The string id of a received envelope, whichever way it came.
-pub(crate) fn id_of(id: String, num_id: u64) -> String {
-    num_id::render(num_id).unwrap_or(id)
+pub(crate) fn id_of(mut id: String, mut num_id: u64) -> String {
+    num_id::expand(&mut id, &mut num_id);
+    id
 }
 
 pub(crate) fn chat_up(k: u64, peer: &str, sent_us: u64) -> Vec<u8> {

@@ -44,6 +44,24 @@ pub fn parse(id: &str) -> Option<u64> {
     })
 }
 
+/// Moves `id` into `num_id` when it is a rendering, as a device that asked for numbers gets
+/// it; true if it did.
+pub fn compact(id: &mut String, num_id: &mut u64) -> bool {
+    let Some(n) = parse(id) else { return false };
+    id.clear();
+    *num_id = n;
+    true
+}
+
+/// Moves `num_id`, if set, back into `id` as its rendering; false if both were set (the
+/// number replaced the string).
+pub fn expand(id: &mut String, num_id: &mut u64) -> bool {
+    let Some(rendered) = render(std::mem::take(num_id)) else { return true };
+    let alone = id.is_empty();
+    *id = rendered;
+    alone
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +97,22 @@ mod tests {
             n *= 3;
         }
         assert_eq!(parse(&render(u64::MAX).unwrap()), Some(u64::MAX));
+    }
+
+    #[test]
+    fn compact_and_expand_move_an_id_between_its_forms() {
+        let (mut id, mut n) = ("Po".to_owned(), 0);
+        assert!(compact(&mut id, &mut n));
+        assert_eq!((id.as_str(), n), ("", 1000));
+        assert!(expand(&mut id, &mut n));
+        assert_eq!((id.as_str(), n), ("Po", 0));
+        let (mut kept, mut none) = ("m.2".to_owned(), 0);
+        assert!(!compact(&mut kept, &mut none));
+        assert!(expand(&mut kept, &mut none));
+        assert_eq!((kept.as_str(), none), ("m.2", 0));
+        let (mut both, mut n) = ("m.2".to_owned(), 64);
+        assert!(!expand(&mut both, &mut n));
+        assert_eq!((both.as_str(), n), ("BA", 0));
     }
 
     proptest::proptest! {

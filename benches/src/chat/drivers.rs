@@ -481,10 +481,8 @@ pub(crate) async fn recipient_driver(
 fn receipt_up(id: &str, peer: String, peer_ref: u32) -> Vec<u8> {
     let up_id = format!("r{id}");
     // A phone sends ids that are numbers as numbers (docs/PROTOCOL.md "Numeric ids").
-    let (id, num_id) = match num_id::parse(id) {
-        Some(n) => (String::new(), n),
-        None => (id.to_owned(), 0),
-    };
+    let (mut id, mut num_id) = (id.to_owned(), 0);
+    num_id::compact(&mut id, &mut num_id);
     let receipt =
         Receipt { peer, peer_ref, id, num_id, kind: receipt::Kind::Delivered as i32, ..Default::default() };
     Up { id: up_id, body: Some(up::Body::Receipt(receipt)), ..Default::default() }.encode_to_vec()
