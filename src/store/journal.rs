@@ -369,19 +369,26 @@ impl Journal {
         self.memtable.as_ref().map(Memtable::freeze)
     }
 
-    /// Writes a frozen layer to sled (one batch per tree) and flushes sled; after that the
-    /// journal files it covered may go.
+    /// Writes a frozen layer to sled, [`CHECKPOINT_CHUNK`] keys per batch, and flushes sled;
+    /// after that the journal files it covered may go.
     pub fn checkpoint(&self, frozen: Option<&Layer>) -> Result<(), StoreError> {
         if let Some(layer) = frozen {
             for (name, changes) in layer.trees() {
+                let tree = self.db.open_tree(name)?;
                 let mut batch = sled::Batch::default();
+                let mut in_batch = 0;
                 for (key, change) in changes {
                     match &change.value {
                         Some(v) => batch.insert(key.as_slice(), v.as_ref()),
                         None => batch.remove(key.as_slice()),
                     }
+                    in_batch += 1;
+                    if in_batch == CHECKPOINT_CHUNK {
+                        tree.apply_batch(std::mem::take(&mut batch))?;
+                        in_batch = 0;
+                    }
                 }
-                self.db.open_tree(name)?.apply_batch(batch)?;
+                tree.apply_batch(batch)?;
             }
         }
         self.db.flush()?;
@@ -414,6 +421,13 @@ impl Journal {
         &self.db
     }
 }
+
+/// Keys per sled batch at a checkpoint. sled holds one process-wide lock for the whole of
+/// `apply_batch` and every `get` waits on it, so one batch of a whole layer (100k+ keys under
+/// load) stopped every dedupe lookup, and with it every append, for a second or more. The
+/// checkpoint needs no atomicity of its own: until sled is flushed the journal files stay, and
+/// replaying them over a half-applied layer ends in the same newest values.
+pub const CHECKPOINT_CHUNK: usize = 1024;
 
 /// The journal file being appended to.
 pub struct ActiveFile {

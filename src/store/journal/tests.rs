@@ -126,6 +126,26 @@ fn with_a_memtable_sled_sees_commits_only_at_the_checkpoint() {
 }
 
 #[test]
+fn a_checkpoint_larger_than_one_chunk_writes_every_key_and_every_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_in(dir.path());
+    let stale = db.open_tree("data").unwrap();
+    stale.insert(b"gone", b"old".as_slice()).unwrap();
+    let j = Journal::with_memtable(db.clone());
+    let n = CHECKPOINT_CHUNK * 2 + 7;
+    let mut b = Batch::default();
+    for i in 0..n as u32 {
+        b.insert("data", i.to_be_bytes().to_vec(), vec![1]);
+    }
+    b.remove("data", b"gone".to_vec());
+    j.commit(b).unwrap();
+    j.checkpoint(j.freeze().as_deref()).unwrap();
+    assert_eq!(stale.len(), n);
+    assert_eq!(get(&db, "data", b"gone"), None);
+    assert_eq!(get(&db, "data", &(n as u32 - 1).to_be_bytes()), Some(vec![1]));
+}
+
+#[test]
 fn recovery_replays_every_file_in_order_then_deletes_them() {
     let dir = tempfile::tempdir().unwrap();
     let jdir = dir.path().join("journal");
