@@ -256,6 +256,36 @@ fn apply(db: &sled::Db, trees: &mut HashMap<String, sled::Tree>, batch: &Batch) 
     Ok(())
 }
 
+/// Writes one record's changes to sled key by key: replay needs no atomicity (the files stay
+/// until sled is flushed, and replaying twice ends in the same values).
+fn replay(db: &sled::Db, trees: &mut HashMap<String, sled::Tree>, batch: &Batch) -> Result<(), StoreError> {
+    for op in &batch.ops {
+        let (name, key, value) = match op {
+            Op::Insert { tree, key, value } | Op::Create { tree, key, value } => (tree, key, Some(value)),
+            Op::Remove { tree, key } => (tree, key, None),
+        };
+        let tree = match trees.get(name.as_str()) {
+            Some(t) => t,
+            None => trees.entry(name.clone()).or_insert(db.open_tree(name)?),
+        };
+        write_unbatched(tree, key, value.map(Vec::as_slice))?;
+    }
+    Ok(())
+}
+
+/// One put or removal, outside any sled batch. The first `apply_batch` a process makes switches
+/// sled 0.34 for good from a lock-free path to a process-wide `RwLock` that every read takes,
+/// and each batch holds its write side throughout: checkpointing a layer of 100k+ keys in
+/// batches stopped every dedupe lookup, and with it every append, for seconds under load. The
+/// daemon's sled writes (checkpoints and replay) need no atomicity, so they never batch.
+fn write_unbatched(tree: &sled::Tree, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+    match value {
+        Some(v) => tree.insert(key, v)?,
+        None => tree.remove(key)?,
+    };
+    Ok(())
+}
+
 /// Replays every journal file under `dir` into `db`, flushes sled and deletes the files.
 /// Returns the index the next file should take and how many records were replayed.
 pub fn recover(db: &sled::Db, dir: &Path) -> Result<(u64, usize), StoreError> {
@@ -274,7 +304,7 @@ pub fn recover(db: &sled::Db, dir: &Path) -> Result<(u64, usize), StoreError> {
             tracing::warn!(file = %path.display(), offset = at, "journal ends in a torn record (a crash mid-write); ignored");
         }
         for r in &records {
-            apply(db, &mut trees, r)?;
+            replay(db, &mut trees, r)?;
         }
         replayed += records.len();
         tracing::debug!(file = %path.display(), index, records = records.len(), "journal replayed");
@@ -369,26 +399,15 @@ impl Journal {
         self.memtable.as_ref().map(Memtable::freeze)
     }
 
-    /// Writes a frozen layer to sled, [`CHECKPOINT_CHUNK`] keys per batch, and flushes sled;
-    /// after that the journal files it covered may go.
+    /// Writes a frozen layer to sled, one key at a time (see [`write_unbatched`]), and flushes
+    /// sled; after that the journal files it covered may go.
     pub fn checkpoint(&self, frozen: Option<&Layer>) -> Result<(), StoreError> {
         if let Some(layer) = frozen {
             for (name, changes) in layer.trees() {
                 let tree = self.db.open_tree(name)?;
-                let mut batch = sled::Batch::default();
-                let mut in_batch = 0;
                 for (key, change) in changes {
-                    match &change.value {
-                        Some(v) => batch.insert(key.as_slice(), v.as_ref()),
-                        None => batch.remove(key.as_slice()),
-                    }
-                    in_batch += 1;
-                    if in_batch == CHECKPOINT_CHUNK {
-                        tree.apply_batch(std::mem::take(&mut batch))?;
-                        in_batch = 0;
-                    }
+                    write_unbatched(&tree, key, change.value.as_deref())?;
                 }
-                tree.apply_batch(batch)?;
             }
         }
         self.db.flush()?;
@@ -421,13 +440,6 @@ impl Journal {
         &self.db
     }
 }
-
-/// Keys per sled batch at a checkpoint. sled holds one process-wide lock for the whole of
-/// `apply_batch` and every `get` waits on it, so one batch of a whole layer (100k+ keys under
-/// load) stopped every dedupe lookup, and with it every append, for a second or more. The
-/// checkpoint needs no atomicity of its own: until sled is flushed the journal files stay, and
-/// replaying them over a half-applied layer ends in the same newest values.
-pub const CHECKPOINT_CHUNK: usize = 1024;
 
 /// The journal file being appended to.
 pub struct ActiveFile {

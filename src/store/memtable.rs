@@ -1,4 +1,4 @@
-//! Journaled changes held in memory until a checkpoint writes them to sled in bounded batches.
+//! Journaled changes held in memory until a checkpoint writes them to sled.
 //!
 //! The journal is the log of every acknowledged write, so sled need not see each write as it
 //! happens: applying them one by one cost more CPU than everything else on the message path

@@ -126,13 +126,13 @@ fn with_a_memtable_sled_sees_commits_only_at_the_checkpoint() {
 }
 
 #[test]
-fn a_checkpoint_larger_than_one_chunk_writes_every_key_and_every_removal() {
+fn a_checkpoint_of_thousands_of_keys_writes_every_key_and_every_removal() {
     let dir = tempfile::tempdir().unwrap();
     let db = db_in(dir.path());
     let stale = db.open_tree("data").unwrap();
     stale.insert(b"gone", b"old".as_slice()).unwrap();
     let j = Journal::with_memtable(db.clone());
-    let n = CHECKPOINT_CHUNK * 2 + 7;
+    let n = 2_055;
     let mut b = Batch::default();
     for i in 0..n as u32 {
         b.insert("data", i.to_be_bytes().to_vec(), vec![1]);
