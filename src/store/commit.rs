@@ -33,6 +33,9 @@ pub const CHECKPOINT_BYTES: u64 = 32 << 20;
 /// A journal file with anything in it is checkpointed at least this often.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 
+/// How often the pruner removes the entries every device has acknowledged.
+pub const DROP_ACKED_EVERY: Duration = Duration::from_millis(250);
+
 /// Called after each commit with the users whose entries just became durable.
 pub type OnDurable = Box<dyn Fn(&[(UserName, Seq)]) + Send + Sync>;
 
@@ -92,9 +95,14 @@ impl Committer {
             checkpointing: Arc::new(AtomicBool::new(false)),
             spare: Vec::new(),
         };
+        let pruned = Arc::downgrade(&run.inbox);
         std::thread::Builder::new()
             .name("tern-journal".into())
             .spawn(move || run.run(rx))
+            .map_err(journal::io)?;
+        std::thread::Builder::new()
+            .name("tern-prune".into())
+            .spawn(move || prune_acked(pruned))
             .map_err(journal::io)?;
         Ok(Committer { tx, on_durable })
     }
@@ -216,10 +224,8 @@ impl Run {
         // removals are written to the file about to be retired, so that no file the checkpoint
         // deletes holds a put whose removal is only in a newer one; if that write fails, the
         // checkpoint waits for a later round.
-        match self.inbox.drop_acked() {
-            Ok(n) => metrics::counter!("tern_inbox_dropped_before_checkpoint_total").increment(n),
-            Err(e) => tracing::error!(error = %e, "dropping acknowledged entries failed"),
-        }
+        // Most went already (see `prune_acked`); this catches the last quarter second's.
+        drop_acked(&self.inbox);
         if (self.journal.has_buffered() || self.inbox.has_pending()) && !self.round(&mut Vec::new()) {
             return;
         }
@@ -254,6 +260,26 @@ impl Run {
         if spawned.is_err() {
             self.checkpointing.store(false, Ordering::Release);
         }
+    }
+}
+
+/// The pruner thread: every [`DROP_ACKED_EVERY`] removes the entries every device has
+/// acknowledged, until the inbox is gone. Done at the checkpoint alone, this was a pass over a
+/// whole layer's entries (280k at 20k msgs/s) on the committer thread, and no commit round ran
+/// for the half second it took; done here, each pass is small, runs beside the committer, and
+/// still cancels nearly every entry in the active layer before sled sees it.
+fn prune_acked(inbox: std::sync::Weak<Inbox>) {
+    loop {
+        std::thread::sleep(DROP_ACKED_EVERY);
+        let Some(inbox) = inbox.upgrade() else { return };
+        drop_acked(&inbox);
+    }
+}
+
+fn drop_acked(inbox: &Inbox) {
+    match inbox.drop_acked() {
+        Ok(n) => metrics::counter!("tern_inbox_dropped_acked_total").increment(n),
+        Err(e) => tracing::error!(error = %e, "dropping acknowledged entries failed"),
     }
 }
 

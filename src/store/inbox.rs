@@ -5,7 +5,7 @@
 //! mark, which moves after the group commit that covered them, so a device can never acknowledge
 //! an entry that a crash could take back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Mutex;
 
@@ -88,9 +88,12 @@ pub struct Inbox {
     // plus one journal commit, and a single lock keeps seq order equal to journal order across
     // users.
     marks: Mutex<HashMap<UserName, Marks>>,
-    /// Users with entries made durable since the last [`Inbox::drop_acked`], each with its
-    /// highest durable entry then.
-    touched: Mutex<HashMap<UserName, Seq>>,
+    /// The highest entry made durable of each user that got one since start-up: what
+    /// [`Inbox::drop_acked`] keeps, without the append lock.
+    durable_seen: Mutex<HashMap<UserName, Seq>>,
+    /// Users with a cursor moved since the last [`Inbox::drop_acked`]: only a moved cursor can
+    /// make more entries acknowledged by every device.
+    acked: Mutex<HashSet<UserName>>,
 }
 
 impl Inbox {
@@ -100,7 +103,8 @@ impl Inbox {
             tree,
             pending: Mutex::new(HashMap::new()),
             marks: Mutex::new(HashMap::new()),
-            touched: Mutex::new(HashMap::new()),
+            durable_seen: Mutex::new(HashMap::new()),
+            acked: Mutex::new(HashSet::new()),
         }
     }
 
@@ -217,9 +221,9 @@ impl Inbox {
                 }
             }
         }
-        let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.durable_seen.lock().unwrap_or_else(|p| p.into_inner());
         for (user, seq) in stored {
-            let slot = touched.entry(user.clone()).or_insert(*seq);
+            let slot = seen.entry(user.clone()).or_insert(*seq);
             *slot = (*slot).max(*seq);
         }
     }
@@ -272,7 +276,12 @@ impl Inbox {
             keys::key(keys::CURSOR, user, device.as_str().as_bytes()),
             seq.0.to_be_bytes(),
         );
-        self.tree.commit(batch)
+        self.tree.commit(batch)?;
+        let mut acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+        if !acked.contains(user) {
+            acked.insert(user.clone());
+        }
+        Ok(())
     }
 
     /// Applies retention to every user: acknowledged by all devices, over the count, or too old.
@@ -304,24 +313,27 @@ impl Inbox {
         Ok(pruned)
     }
 
-    /// Retention's first rule, for the users that got entries since the last call only: removes
-    /// their entries that every device has acknowledged, journaled as `prune` does (so that a
-    /// replay cannot bring them back), and returns how many went.
+    /// Retention's first rule, for the users with a cursor moved since the last call only:
+    /// removes their entries that every device has acknowledged, journaled as `prune` does (so
+    /// that a replay cannot bring them back), and returns how many went.
     ///
-    /// The committer calls this just before a checkpoint freezes the memtable. An entry is
-    /// usually acknowledged within milliseconds of being stored, long before its checkpoint, so
-    /// its put is still in the active layer and the removal cancels it there (the key was
-    /// created, see [`Batch::create`]): sled never sees the entry. Without this, every entry
+    /// The store's pruner thread calls this a few times a second, and the committer just
+    /// before a checkpoint freezes the memtable. An entry is usually acknowledged within
+    /// milliseconds of being stored, long before its checkpoint, so its put is still in the
+    /// active layer and the removal cancels it there (the key was created, see
+    /// [`Batch::create`]): sled never sees the entry. Without this, every entry
     /// went into sled at its checkpoint and out again at the next retention pass. Dedupe
     /// records and cursors are left alone; the newest entry stays, as in `prune`.
     ///
     /// Commits without waiting for room in the memtable (see [`Table::commit_unthrottled`]),
     /// and never takes the append lock, which a writer waiting for room may hold.
     pub fn drop_acked(&self) -> Result<u64, StoreError> {
-        let touched = std::mem::take(&mut *self.touched.lock().unwrap_or_else(|p| p.into_inner()));
+        let moved = std::mem::take(&mut *self.acked.lock().unwrap_or_else(|p| p.into_inner()));
         let mut n = 0;
-        for (user, durable) in touched {
-            let Some(acked) = self.acked_by_all(&user)? else { continue };
+        for user in moved {
+            // Entries durable before start-up are left to `prune`.
+            let durable = self.durable_seen.lock().unwrap_or_else(|p| p.into_inner()).get(&user).copied();
+            let (Some(durable), Some(acked)) = (durable, self.acked_by_all(&user)?) else { continue };
             // Below the durable mark seen then, so below the newest entry.
             let upto = acked.min(durable.0.saturating_sub(1));
             if upto == 0 {

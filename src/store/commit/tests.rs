@@ -309,3 +309,25 @@ async fn a_replay_of_dropped_entries_gives_what_the_memtable_showed() {
     assert_eq!(state(&replayed.inbox), before);
     assert_eq!(replayed.inbox.count_all(), 3 + 1 + 2);
 }
+
+/// The pruner thread drops what every device acknowledged without waiting for a checkpoint
+/// (the newest entry stays), and leaves alone what only some devices acknowledged.
+#[tokio::test]
+async fn the_pruner_drops_acknowledged_entries_between_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), durability(SyncPolicy::Always));
+    deliver(&store, "carol", &["1", "2", "3"]).await;
+    deliver(&store, "bob", &["1", "2"]).await;
+    ack(&store, &[("carol", "phone", 3), ("bob", "phone", 2), ("bob", "tablet", 0)]).await;
+    let seqs = |u: &str| -> Vec<u64> {
+        store.inbox.read(&user(u), Seq(0), 100).unwrap().iter().map(|e| e.seq.0).collect()
+    };
+    for _ in 0..40 {
+        if seqs("carol") == [3] {
+            break;
+        }
+        tokio::time::sleep(DROP_ACKED_EVERY / 2).await;
+    }
+    assert_eq!((seqs("carol"), seqs("bob")), (vec![3], vec![1, 2]));
+    assert_eq!(journal_files(dir.path()), [1], "no checkpoint ran");
+}
