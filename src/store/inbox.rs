@@ -13,6 +13,7 @@ use bytes::Bytes;
 use prost::Message;
 use tern_schemas::v1;
 
+use super::dedupe_runs::{Inserted, Runs};
 use super::journal::Batch;
 use super::table::Table;
 use super::{keys, StoreError};
@@ -146,10 +147,15 @@ impl Inbox {
         if let Some((sender, device, id)) = dedupe {
             let rest = [device.as_str().as_bytes(), b"\0", id.as_str().as_bytes()].concat();
             let key = keys::key(keys::DEDUPE, sender, &rest);
+            // An id that overflowed its device's runs, or came before them, has its own record.
             if self.tree.contains_key(&key)? {
                 return Ok(Appended::Duplicate);
             }
-            batch.insert(keys::DATA, key, now_ms.to_be_bytes());
+            match self.record_in_runs(sender, device, id, now_ms, &mut batch)? {
+                Inserted::Duplicate => return Ok(Appended::Duplicate),
+                Inserted::Added => {}
+                Inserted::Full => batch.insert(keys::DATA, key, now_ms.to_be_bytes()),
+            }
         }
         let mut stored = Vec::with_capacity(deliveries.len());
         let mut bumped: Vec<(UserName, Marks)> = Vec::new();
@@ -190,6 +196,33 @@ impl Inbox {
         }
         metrics::gauge!("tern_inbox_depth").increment(stored.len() as f64);
         Ok(Appended::Stored(stored))
+    }
+
+    /// Adds a numeric `id` to the runs of its sending device, the write going into `batch`;
+    /// `Full` for a string id or a device without room for another run.
+    fn record_in_runs(
+        &self,
+        sender: &UserName,
+        device: &DeviceId,
+        id: &MsgId,
+        now_ms: u64,
+        batch: &mut Batch,
+    ) -> Result<Inserted, StoreError> {
+        let Some(n) = tern_schemas::num_id::parse(id.as_str()) else { return Ok(Inserted::Full) };
+        let key = keys::key(keys::DEDUPE_RUNS, sender, device.as_str().as_bytes());
+        let mut runs = self.load_runs(&key)?;
+        let inserted = runs.insert(n, now_ms);
+        if inserted == Inserted::Added {
+            batch.insert(keys::DATA, key, runs.encode());
+        }
+        Ok(inserted)
+    }
+
+    fn load_runs(&self, key: &[u8]) -> Result<Runs, StoreError> {
+        match self.tree.get(key)? {
+            None => Ok(Runs::default()),
+            Some(v) => Runs::decode(&v).ok_or(StoreError::Corrupt("dedupe runs")),
+        }
     }
 
     /// True when entries wait for a flush.
@@ -309,8 +342,33 @@ impl Inbox {
         // Journaled like appends, so that a replay after a crash cannot bring pruned records back
         // in front of later writes.
         self.tree.commit(batch)?;
+        pruned.dedupe += self.prune_runs(cutoff)?;
         metrics::gauge!("tern_inbox_depth").decrement(pruned.entries as f64);
         Ok(pruned)
+    }
+
+    /// Drops the dedupe runs whose newest id was seen before `cutoff_ms`. Holds the append
+    /// lock throughout: each device's runs are read, changed and written back, as appends do.
+    fn prune_runs(&self, cutoff_ms: u64) -> Result<u64, StoreError> {
+        let _appends = self.lock();
+        let mut batch = Batch::default();
+        let mut dropped = 0;
+        for item in self.tree.scan_prefix(&[keys::DEDUPE_RUNS]) {
+            let (k, v) = item?;
+            let mut runs = Runs::decode(&v).ok_or(StoreError::Corrupt("dedupe runs"))?;
+            let n = runs.prune(cutoff_ms);
+            if n == 0 {
+                continue;
+            }
+            dropped += n as u64;
+            if runs.is_empty() {
+                batch.remove(keys::DATA, k);
+            } else {
+                batch.insert(keys::DATA, k, runs.encode());
+            }
+        }
+        self.tree.commit(batch)?;
+        Ok(dropped)
     }
 
     /// Retention's first rule, for the users with a cursor moved since the last call only:

@@ -14,6 +14,8 @@ pub const INBOX: u8 = b'i';
 pub const CURSOR: u8 = b'c';
 /// Dedupe record: `m user \0 msg_id`.
 pub const DEDUPE: u8 = b'm';
+/// Dedupe runs of a device's numeric ids (see `dedupe_runs`): `d user \0 device`.
+pub const DEDUPE_RUNS: u8 = b'd';
 /// Roster item: `r user \0 contact_jid`.
 pub const ROSTER: u8 = b'r';
 /// Roster version: `v user \0`.
@@ -28,7 +30,8 @@ pub const LAST_PEER_REF: u8 = b'n';
 pub const LAST_SEQ: u8 = b's';
 
 /// Every kind of per-user key: what deleting an account removes.
-pub const PER_USER: [u8; 8] = [INBOX, CURSOR, DEDUPE, ROSTER, ROSTER_VER, PEER_REF, LAST_PEER_REF, LAST_SEQ];
+pub const PER_USER: [u8; 9] =
+    [INBOX, CURSOR, DEDUPE, DEDUPE_RUNS, ROSTER, ROSTER_VER, PEER_REF, LAST_PEER_REF, LAST_SEQ];
 
 /// The prefix shared by all keys of `kind` for `user`.
 pub fn prefix(kind: u8, user: &UserName) -> Vec<u8> {

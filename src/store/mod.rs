@@ -6,6 +6,7 @@
 //! checkpoint to put them into sled; reads merge the two (`table.rs`).
 
 pub mod commit;
+pub mod dedupe_runs;
 pub mod inbox;
 pub mod journal;
 pub mod keys;

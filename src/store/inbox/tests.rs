@@ -83,6 +83,38 @@ fn reads_resume_after_a_cursor_in_order() {
 }
 
 #[test]
+fn numeric_ids_share_one_runs_record_per_device_across_a_reopen_until_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, phone) = (user("alice"), DeviceId::parse("phone").unwrap());
+    let send = |inbox: &Inbox, n: u64, now_ms: u64| {
+        let id = MsgId::parse(&tern_schemas::num_id::render(n).unwrap()).unwrap();
+        inbox.append(Some((&alice, &phone, &id)), now_ms, vec![chat("bob", id.as_str())]).unwrap()
+    };
+    {
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let inbox = over(&db);
+        for n in 1..=300 {
+            assert!(matches!(send(&inbox, n, 10), Appended::Stored(_)), "id {n}");
+        }
+        assert_eq!(send(&inbox, 150, 11), Appended::Duplicate);
+        let records = db.open_tree(keys::DATA).unwrap();
+        let dedupe_keys = |kind: u8| records.scan_prefix([kind]).count();
+        assert_eq!((dedupe_keys(keys::DEDUPE_RUNS), dedupe_keys(keys::DEDUPE)), (1, 0));
+        db.flush().unwrap();
+    }
+    let db = sled::Config::new().path(dir.path()).open().unwrap();
+    let inbox = over(&db);
+    assert_eq!(send(&inbox, 300, 12), Appended::Duplicate);
+    // The string form of a number is the same message: "B" renders 1.
+    let by_string = MsgId::parse("B").unwrap();
+    let again = inbox.append(Some((&alice, &phone, &by_string)), 13, vec![chat("bob", "B")]).unwrap();
+    assert_eq!(again, Appended::Duplicate);
+    let rules = Retention { max_entries: 1000, max_age_ms: u64::MAX, dedupe_ms: 100 };
+    assert_eq!(inbox.prune(1_000, rules).unwrap().dedupe, 1);
+    assert!(matches!(send(&inbox, 150, 1_001), Appended::Stored(_)), "past the window it is a new message");
+}
+
+#[test]
 fn retention_prunes_acked_old_and_excess_but_never_reuses_a_seq() {
     let (_d, inbox) = open();
     let rules = Retention { max_entries: 5, max_age_ms: 1000, dedupe_ms: 1000 };
