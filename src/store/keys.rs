@@ -12,7 +12,7 @@ pub const DATA: &str = "data";
 pub const INBOX: u8 = b'i';
 /// Device cursor: `c user \0 device`.
 pub const CURSOR: u8 = b'c';
-/// Dedupe record: `m user \0 msg_id`.
+/// Dedupe record of one id: `m user \0 device \0 msg_id` → when it was seen, ms.
 pub const DEDUPE: u8 = b'm';
 /// Dedupe runs of a device's numeric ids (see `dedupe_runs`): `d user \0 device`.
 pub const DEDUPE_RUNS: u8 = b'd';
