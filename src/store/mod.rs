@@ -14,6 +14,8 @@ pub mod memtable;
 pub mod rooms;
 pub mod roster;
 pub mod table;
+#[cfg(test)]
+pub mod test_support;
 pub mod users;
 
 use std::path::Path;

@@ -154,7 +154,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (alice, al) = (UserName::parse("alice").unwrap(), UserName::parse("al").unwrap());
         {
-            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let db = crate::store::test_support::sled_at(dir.path());
             let rooms = Rooms::open(Arc::new(Journal::new(db.clone()))).unwrap();
             rooms.put(&alice, "lounge@muc.x", &record("Alice")).unwrap();
             rooms.put(&alice, "dev@muc.x", &record("A")).unwrap();
@@ -168,7 +168,7 @@ mod tests {
             rooms.remove(&alice, "dev@muc.x").unwrap();
             db.flush().unwrap();
         }
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::store::test_support::sled_at(dir.path());
         let rooms = Rooms::open(Arc::new(Journal::new(db.clone()))).unwrap();
         let lounge = rooms.get(&alice, "lounge@muc.x").unwrap().unwrap();
         assert_eq!((lounge.last_ts, lounge.recent.as_slice()), (42, &["m1".to_owned(), "m2".to_owned()][..]));

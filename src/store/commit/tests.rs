@@ -18,13 +18,7 @@ fn durability(policy: SyncPolicy) -> Durability {
 
 /// Opens `dir`, waiting for a previous store's threads to let go of sled's directory lock.
 fn open(dir: &Path, d: Durability) -> Store {
-    for _ in 0..250 {
-        match Store::open(dir, d) {
-            Ok(s) => return s,
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-    panic!("the store did not reopen");
+    crate::store::test_support::reopening(|| Store::open(dir, d))
 }
 
 fn journal_files(dir: &Path) -> Vec<u64> {

@@ -91,7 +91,7 @@ fn numeric_ids_share_one_runs_record_per_device_across_a_reopen_until_retention(
         inbox.append(Some((&alice, &phone, &id)), now_ms, vec![chat("bob", id.as_str())]).unwrap()
     };
     {
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::store::test_support::sled_at(dir.path());
         let inbox = over(&db);
         for n in 1..=300 {
             assert!(matches!(send(&inbox, n, 10), Appended::Stored(_)), "id {n}");
@@ -102,7 +102,7 @@ fn numeric_ids_share_one_runs_record_per_device_across_a_reopen_until_retention(
         assert_eq!((dedupe_keys(keys::DEDUPE_RUNS), dedupe_keys(keys::DEDUPE)), (1, 0));
         db.flush().unwrap();
     }
-    let db = sled::Config::new().path(dir.path()).open().unwrap();
+    let db = crate::store::test_support::sled_at(dir.path());
     let inbox = over(&db);
     assert_eq!(send(&inbox, 300, 12), Appended::Duplicate);
     // The string form of a number is the same message: "B" renders 1.
@@ -142,7 +142,7 @@ fn the_sequence_survives_pruning_and_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let rules = Retention { max_entries: 1, max_age_ms: 0, dedupe_ms: 0 };
     {
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::store::test_support::sled_at(dir.path());
         let inbox = over(&db);
         for i in 0..5 {
             let a = inbox.append(None, 1, vec![chat("bob", &i.to_string())]).unwrap();
@@ -151,7 +151,7 @@ fn the_sequence_survives_pruning_and_a_reopen() {
         inbox.prune(10, rules).unwrap();
         db.flush().unwrap();
     }
-    let db = sled::Config::new().path(dir.path()).open().unwrap();
+    let db = crate::store::test_support::sled_at(dir.path());
     let inbox = over(&db);
     let a = inbox.append(None, 11, vec![chat("bob", "after")]).unwrap();
     assert_eq!(a, Appended::Stored(vec![(user("bob"), Seq(6))]));
@@ -161,12 +161,12 @@ fn the_sequence_survives_pruning_and_a_reopen() {
 fn marks_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::store::test_support::sled_at(dir.path());
         let inbox = over(&db);
         inbox.append(None, 1, vec![chat("bob", "1"), chat("bob", "2")]).unwrap();
         db.flush().unwrap();
     }
-    let db = sled::Config::new().path(dir.path()).open().unwrap();
+    let db = crate::store::test_support::sled_at(dir.path());
     let inbox = over(&db);
     assert_eq!(inbox.durable(&user("bob")).unwrap(), Seq(2));
     assert_eq!(inbox.read(&user("bob"), Seq(0), 10).unwrap().len(), 2);

@@ -17,7 +17,7 @@ fn records(n: u8) -> Vec<u8> {
 }
 
 fn db_in(dir: &Path) -> sled::Db {
-    sled::Config::new().path(dir.join("db")).open().unwrap()
+    crate::store::test_support::sled_at(&dir.join("db"))
 }
 
 fn get(db: &sled::Db, tree: &str, key: &[u8]) -> Option<Vec<u8>> {
