@@ -280,7 +280,8 @@ impl Inbox {
         }
         let from = keys::inbox(user, after.next());
         let to = keys::inbox(user, upto.next());
-        let mut out = Vec::new();
+        // At most one entry per sequence number in the range (fewer once pruned).
+        let mut out = Vec::with_capacity(usize::try_from(upto.0 - after.0).unwrap_or(limit).min(limit));
         for item in self.tree.range((Bound::Included(from), Bound::Excluded(to))).take(limit) {
             let (k, v) = item?;
             let seq = keys::seq_of(&k).ok_or(StoreError::Corrupt("inbox key"))?;

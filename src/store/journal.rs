@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use super::memtable::{Layer, Memtable};
 use super::StoreError;
+pub use crc32c::crc32c;
 
 const HEADER: usize = 8;
 const OP_INSERT: u8 = 1;
@@ -128,31 +129,6 @@ impl Batch {
 }
 
 const CORRUPT: StoreError = StoreError::Corrupt("journal");
-
-/// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), table-driven: records are small and
-/// this keeps the journal free of a dependency for one function.
-pub fn crc32c(bytes: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 == 1 { (c >> 1) ^ 0x82F6_3B78 } else { c >> 1 };
-                k += 1;
-            }
-            table[i] = c;
-            i += 1;
-        }
-        table
-    };
-    let mut crc = !0u32;
-    for b in bytes {
-        crc = TABLE[((crc ^ *b as u32) & 0xff) as usize] ^ (crc >> 8);
-    }
-    !crc
-}
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     // Keys and values are far below 4 GiB (bodies are limited to kilobytes).
@@ -477,5 +453,6 @@ impl ActiveFile {
     }
 }
 
+mod crc32c;
 #[cfg(test)]
 mod tests;
