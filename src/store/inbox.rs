@@ -145,16 +145,8 @@ impl Inbox {
         let mut marks = self.lock();
         let mut batch = Batch::default();
         if let Some((sender, device, id)) = dedupe {
-            let rest = [device.as_str().as_bytes(), b"\0", id.as_str().as_bytes()].concat();
-            let key = keys::key(keys::DEDUPE, sender, &rest);
-            // An id that overflowed its device's runs, or came before them, has its own record.
-            if self.tree.contains_key(&key)? {
+            if self.seen_before(sender, device, id, now_ms, &mut batch)? {
                 return Ok(Appended::Duplicate);
-            }
-            match self.record_in_runs(sender, device, id, now_ms, &mut batch)? {
-                Inserted::Duplicate => return Ok(Appended::Duplicate),
-                Inserted::Added => {}
-                Inserted::Full => batch.insert(keys::DATA, key, now_ms.to_be_bytes()),
             }
         }
         let mut stored = Vec::with_capacity(deliveries.len());
@@ -198,31 +190,58 @@ impl Inbox {
         Ok(Appended::Stored(stored))
     }
 
-    /// Adds a numeric `id` to the runs of its sending device, the write going into `batch`;
-    /// `Full` for a string id or a device without room for another run.
-    fn record_in_runs(
+    /// True if `device` of `sender` sent `id` within the dedupe window. Otherwise the write
+    /// that remembers it goes into `batch`: a numeric id into the device's runs, or, if it
+    /// does not fit there or is not numeric, a record of its own.
+    fn seen_before(
         &self,
         sender: &UserName,
         device: &DeviceId,
         id: &MsgId,
         now_ms: u64,
         batch: &mut Batch,
-    ) -> Result<Inserted, StoreError> {
-        let Some(n) = tern_schemas::num_id::parse(id.as_str()) else { return Ok(Inserted::Full) };
-        let key = keys::key(keys::DEDUPE_RUNS, sender, device.as_str().as_bytes());
-        let mut runs = self.load_runs(&key)?;
-        let inserted = runs.insert(n, now_ms);
-        if inserted == Inserted::Added {
-            batch.insert(keys::DATA, key, runs.encode());
+    ) -> Result<bool, StoreError> {
+        let own_key = || {
+            let rest = [device.as_str().as_bytes(), b"\0", id.as_str().as_bytes()].concat();
+            keys::key(keys::DEDUPE, sender, &rest)
+        };
+        let Some(n) = tern_schemas::num_id::parse(id.as_str()) else {
+            let key = own_key();
+            if self.tree.contains_key(&key)? {
+                return Ok(true);
+            }
+            batch.insert(keys::DATA, key, now_ms.to_be_bytes());
+            return Ok(false);
+        };
+        let runs_key = keys::key(keys::DEDUPE_RUNS, sender, device.as_str().as_bytes());
+        let mut runs = match self.tree.get(&runs_key)? {
+            Some(v) => Runs::decode(&v).ok_or(StoreError::Corrupt("dedupe runs"))?,
+            // The device's first runs, or its first since retention dropped them all: any
+            // per-id records it has are older than they are.
+            None => Runs::new(self.has_own_records(sender, device)?),
+        };
+        if runs.contains(n) || (runs.singles() && self.tree.contains_key(&own_key())?) {
+            return Ok(true);
         }
-        Ok(inserted)
+        match runs.insert(n, now_ms) {
+            Inserted::Duplicate => return Ok(true),
+            Inserted::Added => {}
+            Inserted::Full => {
+                batch.insert(keys::DATA, own_key(), now_ms.to_be_bytes());
+                if runs.singles() {
+                    return Ok(false);
+                }
+                runs.mark_singles();
+            }
+        }
+        batch.insert(keys::DATA, runs_key, runs.encode());
+        Ok(false)
     }
 
-    fn load_runs(&self, key: &[u8]) -> Result<Runs, StoreError> {
-        match self.tree.get(key)? {
-            None => Ok(Runs::default()),
-            Some(v) => Runs::decode(&v).ok_or(StoreError::Corrupt("dedupe runs")),
-        }
+    /// True if some id `device` of `sender` sent has a dedupe record of its own.
+    fn has_own_records(&self, sender: &UserName, device: &DeviceId) -> Result<bool, StoreError> {
+        let prefix = keys::key(keys::DEDUPE, sender, &[device.as_str().as_bytes(), b"\0"].concat());
+        Ok(self.tree.scan_prefix(&prefix).next().transpose()?.is_some())
     }
 
     /// True when entries wait for a flush.

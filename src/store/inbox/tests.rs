@@ -115,6 +115,33 @@ fn numeric_ids_share_one_runs_record_per_device_across_a_reopen_until_retention(
 }
 
 #[test]
+fn an_id_past_the_runs_and_a_per_id_record_from_before_them_are_still_duplicates() {
+    let (_d, inbox) = open();
+    let (alice, phone, tablet) =
+        (user("alice"), DeviceId::parse("phone").unwrap(), DeviceId::parse("tablet").unwrap());
+    let id = |n: u64| MsgId::parse(&tern_schemas::num_id::render(n).unwrap()).unwrap();
+    let send = |device: &DeviceId, n: u64| {
+        inbox.append(Some((&alice, device, &id(n))), 10, vec![chat("bob", id(n).as_str())]).unwrap()
+    };
+    // Out of order: every id starts a run of its own, and the one past the cap gets a record.
+    let spread: Vec<u64> = (1..=crate::store::dedupe_runs::MAX_RUNS as u64 + 1).map(|i| i * 10).collect();
+    for &n in &spread {
+        assert!(matches!(send(&phone, n), Appended::Stored(_)), "id {n}");
+    }
+    for &n in &spread {
+        assert_eq!(send(&phone, n), Appended::Duplicate, "id {n}");
+    }
+    // A per-id record written before the device had runs (as an older tern did).
+    let mut old = Batch::default();
+    let rest = [tablet.as_str().as_bytes(), b"\0", id(7).as_str().as_bytes()].concat();
+    old.insert(keys::DATA, keys::key(keys::DEDUPE, &alice, &rest), 10u64.to_be_bytes());
+    inbox.tree.commit(old).unwrap();
+    assert!(matches!(send(&tablet, 8), Appended::Stored(_)));
+    assert_eq!(send(&tablet, 7), Appended::Duplicate);
+    assert_eq!(send(&tablet, 8), Appended::Duplicate);
+}
+
+#[test]
 fn retention_prunes_acked_old_and_excess_but_never_reuses_a_seq() {
     let (_d, inbox) = open();
     let rules = Retention { max_entries: 5, max_age_ms: 1000, dedupe_ms: 1000 };
