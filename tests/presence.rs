@@ -37,13 +37,19 @@ fn roster_item<'a>(d: &'a v1::Down, contact: &str) -> Option<&'a v1::RosterItem>
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_subscription_handshake_both_ways_then_presence_flows() {
-    let tern = Tern::start();
+/// Alice's and bob's phones, connected.
+async fn alice_and_bob(tern: &Tern) -> (Phone, Phone) {
     let mut alice = Phone::connect(tern.tcp, "alice", "phone", "alice-pw").await;
     let mut bob = Phone::connect(tern.tcp, "bob", "phone", "bob-pw").await;
     alice.connack().await;
     bob.connack().await;
+    (alice, bob)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscription_handshake_both_ways_then_presence_flows() {
+    let tern = Tern::start();
+    let (mut alice, mut bob) = alice_and_bob(&tern).await;
 
     alice.send(sub("s1", &jid("bob"), Kind::Subscribe)).await;
     let push = alice.next_where(|d| roster_item(d, &jid("bob")).is_some()).await;
@@ -167,10 +173,7 @@ async fn a_second_login_of_the_same_device_takes_over_and_it_stays_online() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chat_sent_after_a_subscription_request_is_stored_after_it() {
     let tern = Tern::start();
-    let mut alice = Phone::connect(tern.tcp, "alice", "phone", "alice-pw").await;
-    let mut bob = Phone::connect(tern.tcp, "bob", "phone", "bob-pw").await;
-    alice.connack().await;
-    bob.connack().await;
+    let (alice, mut bob) = alice_and_bob(&tern).await;
     for i in 0..5 {
         // Pipelined: no waiting for PUBACKs in between.
         alice.send(sub(&format!("s{i}"), &jid("bob"), Kind::Subscribe)).await;
@@ -179,4 +182,59 @@ async fn a_chat_sent_after_a_subscription_request_is_stored_after_it() {
     // The first stored entry bob gets must be the request, not a chat that overtook it.
     let first = bob.next_stored().await;
     assert!(is_sub(&first, &jid("alice"), Kind::Subscribe), "first stored entry: {first:?}");
+}
+
+/// A phone that sends `Hello{peer_refs}` in the same write as its CONNECT, as phones do, gets
+/// the contacts' presences that the server sends at the start by ref, not by JID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presences_at_the_start_use_the_refs_of_a_hello_sent_with_the_connect() {
+    use prost::Message;
+    use rumqttc::mqttbytes::v4::{Connect, Packet, Publish};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let tern = Tern::start();
+    let (mut alice, mut bob) = alice_and_bob(&tern).await;
+    alice.send(sub("s1", &jid("bob"), Kind::Subscribe)).await;
+    bob.next_where(|d| is_sub(d, &jid("alice"), Kind::Subscribe)).await;
+    bob.send(sub("s2", &jid("alice"), Kind::Subscribed)).await;
+    let push =
+        alice.next_where(|d| roster_item(d, &jid("bob")).is_some_and(|i| i.sub == Sub::To as i32)).await;
+    let Some(down::Body::Roster(roster)) = push.body else { unreachable!("a roster push") };
+    alice.disconnect().await;
+
+    let mut out = bytes::BytesMut::new();
+    let mut connect = Connect::new("phone");
+    connect.keep_alive = 30;
+    connect.clean_session = false;
+    connect.set_login("alice", "alice-pw");
+    connect.write(&mut out).unwrap();
+    let hello = v1::Hello { peer_refs: true, roster_ver: roster.ver, ..Default::default() };
+    let up = v1::Up { body: Some(v1::up::Body::Hello(hello)), ..Default::default() };
+    Publish::new("u", rumqttc::QoS::AtMostOnce, up.encode_to_vec()).write(&mut out).unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(tern.tcp).await.unwrap();
+    tcp.write_all(&out).await.unwrap();
+
+    let bob_ref = roster.items.iter().find(|i| i.jid == jid("bob")).unwrap().peer_ref;
+    assert_ne!(bob_ref, 0, "bob has a ref");
+    let mut inbound = bytes::BytesMut::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let presence = loop {
+        match Packet::read(&mut inbound, 1 << 20) {
+            Ok(Packet::Publish(p)) if p.topic == "d" => {
+                let d = v1::Down::decode(p.payload).unwrap();
+                if let Some(down::Body::Presence(p)) = d.body {
+                    break p;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                let read = tokio::time::timeout_at(deadline, tcp.read_buf(&mut inbound)).await;
+                assert!(read.expect("a presence in time").unwrap() > 0, "the connection closed");
+            }
+        }
+    };
+    assert_eq!(
+        (presence.peer.as_str(), presence.peer_ref, presence.resource.as_str()),
+        ("", bob_ref, "phone")
+    );
 }

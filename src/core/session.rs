@@ -148,11 +148,17 @@ pub struct Session {
     refs: Option<PeerRefs>,
     /// Set by `Hello{numeric_ids}`: ids that are numbers go down as `num_id`.
     numeric_ids: bool,
+    /// Live envelopes that came while the peer refs `Hello` asked for were loading. A phone
+    /// sends `Hello` with its CONNECT, so the contacts' presences sent at bind come while the
+    /// table loads: held, they go out by ref, in order, once it is there.
+    held_live: Option<Vec<Bytes>>,
     out: VecDeque<Action>,
 }
 
 /// Packets accepted while a login is being checked; a client that floods before CONNACK is cut off.
 const MAX_BUFFERED: usize = 32;
+/// Live envelopes held for a loading peer refs table; past this many they all go as they are.
+const MAX_HELD_LIVE: usize = 256;
 /// Plain-topic SUBSCRIBEs one session may make.
 pub const MAX_PLAIN_FILTERS: usize = 64;
 
@@ -184,6 +190,7 @@ impl Session {
             client_max_packet: None,
             refs: None,
             numeric_ids: false,
+            held_live: None,
             out: VecDeque::new(),
         }
     }
@@ -408,7 +415,10 @@ impl Session {
                             self.refs = None;
                             self.numeric_ids = numeric_ids;
                             if peer_refs {
+                                self.held_live.get_or_insert_with(Vec::new);
                                 self.out.push_back(Action::LoadPeerRefs { roster_ver });
+                            } else {
+                                self.release_held_live();
                             }
                             pending.done = Some(Ok(None));
                         }
@@ -511,6 +521,13 @@ impl Session {
     /// The peer refs asked for by `Hello`: from now on envelopes name known contacts by ref.
     pub fn on_peer_refs(&mut self, refs: PeerRefs) {
         self.refs = Some(refs);
+        self.release_held_live();
+    }
+
+    fn release_held_live(&mut self) {
+        for payload in self.held_live.take().unwrap_or_default() {
+            self.on_live(payload);
+        }
     }
 
     /// `payload` as this device asked for it in `Hello`: with peer refs where it knows them,
@@ -541,6 +558,13 @@ impl Session {
 
     /// An ephemeral downward envelope (presence, chat state, roster push) for this session.
     pub fn on_live(&mut self, payload: Bytes) {
+        if let Some(held) = self.held_live.as_mut() {
+            if held.len() < MAX_HELD_LIVE {
+                held.push(payload);
+                return;
+            }
+            self.release_held_live();
+        }
         if matches!(self.phase, Phase::Open) {
             let payload = self.for_device(payload);
             metrics::counter!("tern_envelopes_delivered_total", "path" => "live").increment(1);

@@ -70,6 +70,28 @@ fn chat_up(id: &str) -> Bytes {
     Bytes::from(up.encode_to_vec())
 }
 
+/// A live `Down{presence}`.
+fn presence_down(p: v1::Presence) -> Bytes {
+    Bytes::from(v1::Down { body: Some(down::Body::Presence(p)), ..Default::default() }.encode_to_vec())
+}
+
+/// The presences among the envelopes `actions` publish.
+fn presences(actions: &[Action]) -> Vec<v1::Presence> {
+    downs(actions)
+        .into_iter()
+        .filter_map(|d| match d.body {
+            Some(down::Body::Presence(p)) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `Up{hello}` at QoS 0, as phones send it.
+fn hello(h: v1::Hello) -> Inbound {
+    let up = v1::Up { body: Some(v1::up::Body::Hello(h)), ..Default::default() };
+    publish("u", Bytes::from(up.encode_to_vec()), 0, 0)
+}
+
 fn publish(topic: &str, payload: Bytes, qos: u8, pkid: u16) -> Inbound {
     Inbound::Publish(PublishIn { topic: topic.into(), payload, qos, pkid, retain: false })
 }
@@ -499,12 +521,7 @@ fn chat_entry(seq: u64, peer: &str) -> StoredEntry {
 fn hello_turns_on_peer_refs_which_roster_pushes_teach() {
     let now = Instant::now();
     let (mut s, _) = open(now, Some(0), 0);
-    let hello = v1::Up {
-        id: String::new(),
-        body: Some(v1::up::Body::Hello(v1::Hello { peer_refs: true, roster_ver: 4, ..Default::default() })),
-        ..Default::default()
-    };
-    s.on_packet(now, publish("u", Bytes::from(hello.encode_to_vec()), 0, 0));
+    s.on_packet(now, hello(v1::Hello { peer_refs: true, roster_ver: 4, ..Default::default() }));
     let a = drain(&mut s);
     // Nothing answers a QoS 0 Hello; the driver is asked for the table.
     assert_eq!(a, vec![Action::LoadPeerRefs { roster_ver: 4 }]);
@@ -562,11 +579,7 @@ fn hello_turns_on_peer_refs_which_roster_pushes_teach() {
 fn hello_turns_on_numeric_ids_for_ids_that_are_numbers() {
     let now = Instant::now();
     let (mut s, _) = open(now, Some(0), 0);
-    let hello = v1::Up {
-        body: Some(v1::up::Body::Hello(v1::Hello { numeric_ids: true, ..Default::default() })),
-        ..Default::default()
-    };
-    s.on_packet(now, publish("u", Bytes::from(hello.encode_to_vec()), 0, 0));
+    s.on_packet(now, hello(v1::Hello { numeric_ids: true, ..Default::default() }));
     // Without peer refs there is no table to load.
     assert_eq!(drain(&mut s), vec![]);
     s.on_wake(Seq(2));
@@ -579,4 +592,45 @@ fn hello_turns_on_numeric_ids_for_ids_that_are_numbers() {
     s.on_entries(vec![with_id(1, "Po"), with_id(2, "m.2")]);
     let got: Vec<_> = downs(&drain(&mut s)).into_iter().map(|d| (d.id, d.num_id)).collect();
     assert_eq!(got, vec![(String::new(), 1000), ("m.2".to_owned(), 0)]);
+}
+
+#[test]
+fn presences_that_come_while_the_refs_load_wait_for_them_and_go_by_ref_in_order() {
+    let now = Instant::now();
+    let mut s = Session::new(cfg(), now);
+    s.on_packet(now, connect("phone", "alice", 60));
+    drain(&mut s);
+    // The phone sends Hello with its CONNECT: it arrives while the login is checked.
+    s.on_packet(now, hello(v1::Hello { peer_refs: true, roster_ver: 4, ..Default::default() }));
+    s.on_login(now, Ok(LoginOk { cursor: None, durable: Seq(0), token: None }));
+    let a = drain(&mut s);
+    assert!(a.contains(&Action::LoadPeerRefs { roster_ver: 4 }), "{a:?}");
+    // The driver binds (sending the contacts' presences) before it loads the table.
+    let presence = |show: &str| {
+        presence_down(v1::Presence { peer: "bob@x/phone".into(), status: show.into(), ..Default::default() })
+    };
+    s.on_live(presence("away"));
+    s.on_live(presence("dnd"));
+    assert_eq!(drain(&mut s), vec![], "held until the table is there");
+    s.on_peer_refs(PeerRefs::new([("bob@x".to_owned(), 1, true)]));
+    let got: Vec<_> =
+        presences(&drain(&mut s)).into_iter().map(|p| (p.peer, p.peer_ref, p.resource, p.status)).collect();
+    let by_ref = |show: &str| (String::new(), 1, "phone".to_owned(), show.to_owned());
+    assert_eq!(got, vec![by_ref("away"), by_ref("dnd")]);
+    // From now on nothing waits.
+    s.on_live(presence("xa"));
+    assert_eq!(downs(&drain(&mut s)).len(), 1);
+}
+
+#[test]
+fn a_flood_of_live_envelopes_while_the_refs_load_goes_out_as_it_is_in_order() {
+    let now = Instant::now();
+    let (mut s, _) = open(now, Some(0), 0);
+    s.on_packet(now, hello(v1::Hello { peer_refs: true, ..Default::default() }));
+    drain(&mut s);
+    for i in 0..=MAX_HELD_LIVE {
+        s.on_live(presence_down(v1::Presence { peer: format!("c{i}@x"), ..Default::default() }));
+    }
+    let peers: Vec<_> = presences(&drain(&mut s)).into_iter().map(|p| p.peer).collect();
+    assert_eq!(peers, (0..=MAX_HELD_LIVE).map(|i| format!("c{i}@x")).collect::<Vec<_>>());
 }
