@@ -49,7 +49,7 @@ pub enum Inserted {
 
 /// The runs of one sending device, sorted by `first`, never overlapping, and whether some of
 /// its ids may be kept in per-id records instead.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Runs {
     runs: Vec<Run>,
     singles: bool,
@@ -121,6 +121,11 @@ impl Runs {
     /// Notes that an id of the device went into a per-id record.
     pub fn mark_singles(&mut self) {
         self.singles = true;
+    }
+
+    /// Notes that no id of the device has a per-id record any more.
+    pub fn clear_singles(&mut self) {
+        self.singles = false;
     }
 
     /// True if `id` is in a run.
@@ -197,7 +202,7 @@ mod tests {
 
     #[test]
     fn consecutive_ids_make_one_run_and_a_resend_is_a_duplicate() {
-        let mut runs = Runs::default();
+        let mut runs = Runs::new(false);
         added(&mut runs, 1..=1000, 5);
         assert_eq!(runs.runs(), &[Run { first: 1, last: 1000, since_ms: 5, newest_ms: 5 }]);
         assert_eq!(runs.insert(500, 6), Inserted::Duplicate);
@@ -206,7 +211,7 @@ mod tests {
 
     #[test]
     fn filling_a_gap_joins_the_runs_either_side() {
-        let mut runs = Runs::default();
+        let mut runs = Runs::new(false);
         added(&mut runs, [1, 2, 4, 5, 3], 7);
         assert_eq!(runs.runs(), &[Run { first: 1, last: 5, since_ms: 7, newest_ms: 7 }]);
         added(&mut runs, [9, 8], 8);
@@ -215,7 +220,7 @@ mod tests {
 
     #[test]
     fn out_of_order_ids_past_the_cap_are_refused_not_forgotten() {
-        let mut runs = Runs::default();
+        let mut runs = Runs::new(false);
         added(&mut runs, (0..MAX_RUNS as u64).map(|i| i * 10), 1);
         assert_eq!(runs.insert(1000, 1), Inserted::Full);
         assert!(!runs.contains(1000));
@@ -225,7 +230,7 @@ mod tests {
 
     #[test]
     fn an_old_run_stops_growing_and_retention_drops_it_whole() {
-        let mut runs = Runs::default();
+        let mut runs = Runs::new(false);
         added(&mut runs, 1..=3, 0);
         added(&mut runs, [4, 5], RUN_SPAN_MS);
         assert_eq!(runs.runs().len(), 2);
@@ -236,7 +241,7 @@ mod tests {
 
     #[test]
     fn encoding_round_trips_and_damaged_values_are_refused() {
-        let mut runs = Runs::default();
+        let mut runs = Runs::new(false);
         added(&mut runs, [1, 2, 7, 40, 41, u64::MAX], 3);
         let bytes = runs.encode();
         assert_eq!(Runs::decode(&bytes), Some(runs));
@@ -244,7 +249,7 @@ mod tests {
         let mut swapped = bytes[RUN_BYTES..2 * RUN_BYTES].to_vec();
         swapped.extend_from_slice(&bytes[..RUN_BYTES]);
         assert_eq!(Runs::decode(&swapped), None, "runs out of order");
-        assert_eq!(Runs::decode(&[0]), Some(Runs::default()));
+        assert_eq!(Runs::decode(&[0]), Some(Runs::new(false)));
         assert_eq!(Runs::decode(&[2]), None, "an unknown flag");
     }
 
@@ -266,7 +271,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn runs_hold_exactly_the_ids_added(ids in proptest::collection::vec(1u64..200, 0..300)) {
-            let mut runs = Runs::default();
+            let mut runs = Runs::new(false);
             let mut kept = std::collections::BTreeSet::new();
             for id in ids {
                 match runs.insert(id, 1) {

@@ -218,7 +218,7 @@ impl Inbox {
             Some(v) => Runs::decode(&v).ok_or(StoreError::Corrupt("dedupe runs"))?,
             // The device's first runs, or its first since retention dropped them all: any
             // per-id records it has are older than they are.
-            None => Runs::new(self.has_own_records(sender, device)?),
+            None => Runs::new(self.has_own_records(&runs_key)?),
         };
         if runs.contains(n) || (runs.singles() && self.tree.contains_key(&own_key())?) {
             return Ok(true);
@@ -238,9 +238,13 @@ impl Inbox {
         Ok(false)
     }
 
-    /// True if some id `device` of `sender` sent has a dedupe record of its own.
-    fn has_own_records(&self, sender: &UserName, device: &DeviceId) -> Result<bool, StoreError> {
-        let prefix = keys::key(keys::DEDUPE, sender, &[device.as_str().as_bytes(), b"\0"].concat());
+    /// True if some id of the device whose runs are under `runs_key` has a dedupe record of its
+    /// own (`m user \0 device \0 …` beside `d user \0 device`).
+    fn has_own_records(&self, runs_key: &[u8]) -> Result<bool, StoreError> {
+        let mut prefix = Vec::with_capacity(runs_key.len() + 1);
+        prefix.push(keys::DEDUPE);
+        prefix.extend_from_slice(runs_key.get(1..).unwrap_or_default());
+        prefix.push(0);
         Ok(self.tree.scan_prefix(&prefix).next().transpose()?.is_some())
     }
 
@@ -377,7 +381,12 @@ impl Inbox {
             let (k, v) = item?;
             let mut runs = Runs::decode(&v).ok_or(StoreError::Corrupt("dedupe runs"))?;
             let n = runs.prune(cutoff_ms);
-            if n == 0 {
+            // Per-id records age out as runs do; once the last is gone the device's new ids
+            // need no lookup again. Appends, which add them, wait for the lock held here.
+            let unbacked = runs.singles() && !self.has_own_records(&k)?;
+            if unbacked {
+                runs.clear_singles();
+            } else if n == 0 {
                 continue;
             }
             dropped += n as u64;

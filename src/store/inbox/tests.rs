@@ -142,6 +142,54 @@ fn an_id_past_the_runs_and_a_per_id_record_from_before_them_are_still_duplicates
 }
 
 #[test]
+fn the_flag_for_per_id_records_follows_them_through_an_old_format_and_retention() {
+    use crate::store::dedupe_runs::Runs;
+    let (_d, inbox) = open();
+    let alice = user("alice");
+    let id = |n: u64| MsgId::parse(&tern_schemas::num_id::render(n).unwrap()).unwrap();
+    let send = |device: &DeviceId, n: u64, now_ms: u64| {
+        inbox.append(Some((&alice, device, &id(n))), now_ms, vec![chat("bob", id(n).as_str())]).unwrap()
+    };
+    let own_record = |device: &DeviceId, n: u64, seen_ms: u64| {
+        let mut b = Batch::default();
+        let rest = [device.as_str().as_bytes(), b"\0", id(n).as_str().as_bytes()].concat();
+        b.insert(keys::DATA, keys::key(keys::DEDUPE, &alice, &rest), seen_ms.to_be_bytes());
+        inbox.tree.commit(b).unwrap();
+    };
+    let runs_key = |device: &DeviceId| keys::key(keys::DEDUPE_RUNS, &alice, device.as_str().as_bytes());
+    let runs_of =
+        |device: &DeviceId| inbox.tree.get(&runs_key(device)).unwrap().map(|v| Runs::decode(&v).unwrap());
+
+    // Runs in the format before the flag (no trailing byte), beside a per-id record.
+    let phone = DeviceId::parse("phone").unwrap();
+    let mut old = Runs::new(false);
+    for n in 1..=3 {
+        old.insert(n, 500);
+    }
+    let bytes = old.encode();
+    let mut b = Batch::default();
+    b.insert(keys::DATA, runs_key(&phone), bytes[..bytes.len() - 1].to_vec());
+    inbox.tree.commit(b).unwrap();
+    own_record(&phone, 7, 10);
+    assert_eq!(send(&phone, 7, 600), Appended::Duplicate, "the old runs read as flagged");
+    assert_eq!(send(&phone, 2, 600), Appended::Duplicate);
+    // The record ages out, the runs (newer) stay: the flag goes with the record.
+    let rules = Retention { max_entries: 1000, max_age_ms: u64::MAX, dedupe_ms: 600 };
+    inbox.prune(1_000, rules).unwrap();
+    assert!(!runs_of(&phone).unwrap().singles());
+    assert!(matches!(send(&phone, 7, 1_001), Appended::Stored(_)), "past the window it is new");
+
+    // Runs that age out before a record: the next runs find it.
+    let tablet = DeviceId::parse("tablet").unwrap();
+    own_record(&tablet, 7, 3_000);
+    assert!(matches!(send(&tablet, 1, 1_500), Appended::Stored(_)));
+    assert!(runs_of(&tablet).unwrap().singles());
+    inbox.prune(2_500, rules).unwrap();
+    assert_eq!(runs_of(&tablet), None, "every run of the tablet aged out");
+    assert_eq!(send(&tablet, 7, 2_600), Appended::Duplicate);
+}
+
+#[test]
 fn retention_prunes_acked_old_and_excess_but_never_reuses_a_seq() {
     let (_d, inbox) = open();
     let rules = Retention { max_entries: 5, max_age_ms: 1000, dedupe_ms: 1000 };
