@@ -148,9 +148,14 @@ pub struct Session {
     refs: Option<PeerRefs>,
     /// Set by `Hello{numeric_ids}`: ids that are numbers go down as `num_id`.
     numeric_ids: bool,
-    /// Live envelopes that came while the peer refs `Hello` asked for were loading. A phone
-    /// sends `Hello` with its CONNECT, so the contacts' presences sent at bind come while the
-    /// table loads: held, they go out by ref, in order, once it is there.
+    /// True from a `Hello{peer_refs}` until a `Hello` without: a table loaded for an earlier
+    /// `Hello` is not used once refs were turned off again.
+    refs_wanted: bool,
+    /// Live envelopes from elsewhere (presences, chat states, pushes) that came while the peer
+    /// refs `Hello` asked for were loading. A phone sends `Hello` with its CONNECT, so the
+    /// contacts' presences sent at bind come while the table loads: held, they go out by ref,
+    /// in order, once it is there. The session's own replies are not held, so that they keep
+    /// their order with the packets (PUBACKs) that follow them.
     held_live: Option<Vec<Bytes>>,
     out: VecDeque<Action>,
 }
@@ -190,6 +195,7 @@ impl Session {
             client_max_packet: None,
             refs: None,
             numeric_ids: false,
+            refs_wanted: false,
             held_live: None,
             out: VecDeque::new(),
         }
@@ -414,6 +420,7 @@ impl Session {
                         UpCmd::Hello { peer_refs, roster_ver, numeric_ids } => {
                             self.refs = None;
                             self.numeric_ids = numeric_ids;
+                            self.refs_wanted = peer_refs;
                             if peer_refs {
                                 self.held_live.get_or_insert_with(Vec::new);
                                 self.out.push_back(Action::LoadPeerRefs { roster_ver });
@@ -520,13 +527,15 @@ impl Session {
 
     /// The peer refs asked for by `Hello`: from now on envelopes name known contacts by ref.
     pub fn on_peer_refs(&mut self, refs: PeerRefs) {
-        self.refs = Some(refs);
+        if self.refs_wanted {
+            self.refs = Some(refs);
+        }
         self.release_held_live();
     }
 
     fn release_held_live(&mut self) {
         for payload in self.held_live.take().unwrap_or_default() {
-            self.on_live(payload);
+            self.deliver_live(payload);
         }
     }
 
@@ -565,6 +574,10 @@ impl Session {
             }
             self.release_held_live();
         }
+        self.deliver_live(payload);
+    }
+
+    fn deliver_live(&mut self, payload: Bytes) {
         if matches!(self.phase, Phase::Open) {
             let payload = self.for_device(payload);
             metrics::counter!("tern_envelopes_delivered_total", "path" => "live").increment(1);
@@ -573,7 +586,7 @@ impl Session {
     }
 
     fn send_live(&mut self, down: v1::Down) {
-        self.on_live(Bytes::from(down.encode_to_vec()));
+        self.deliver_live(Bytes::from(down.encode_to_vec()));
     }
 
     /// The user's inbox became durable up to `durable`.

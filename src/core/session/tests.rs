@@ -634,3 +634,32 @@ fn a_flood_of_live_envelopes_while_the_refs_load_goes_out_as_it_is_in_order() {
     let peers: Vec<_> = presences(&drain(&mut s)).into_iter().map(|p| p.peer).collect();
     assert_eq!(peers, (0..=MAX_HELD_LIVE).map(|i| format!("c{i}@x")).collect::<Vec<_>>());
 }
+
+#[test]
+fn while_the_refs_load_the_sessions_own_replies_keep_their_order_with_the_pubacks() {
+    let now = Instant::now();
+    let (mut s, _) = open(now, Some(0), 0);
+    s.on_packet(now, hello(v1::Hello { peer_refs: true, ..Default::default() }));
+    drain(&mut s);
+    // An Up that does not decode gets its error, then its PUBACK, even while presences wait.
+    s.on_live(presence_down(v1::Presence { peer: "bob@x/phone".into(), ..Default::default() }));
+    s.on_packet(now, publish("u", Bytes::from_static(b"\xff\xff\xff"), 1, 5));
+    let a = drain(&mut s);
+    let error_at = a.iter().position(|a| matches!(a, Action::Send(Outbound::Publish { .. })));
+    let puback_at = a.iter().position(|a| matches!(a, Action::Send(Outbound::PubAck { pkid: 5, .. })));
+    assert!(error_at.is_some() && error_at < puback_at, "{a:?}");
+    assert!(presences(&a).is_empty(), "the presence still waits");
+}
+
+#[test]
+fn a_table_loaded_for_a_hello_that_a_later_hello_took_back_is_not_used() {
+    let now = Instant::now();
+    let (mut s, _) = open(now, Some(0), 0);
+    s.on_packet(now, hello(v1::Hello { peer_refs: true, ..Default::default() }));
+    s.on_packet(now, hello(v1::Hello { peer_refs: false, ..Default::default() }));
+    drain(&mut s);
+    s.on_peer_refs(PeerRefs::new([("bob@x".to_owned(), 1, true)]));
+    s.on_live(presence_down(v1::Presence { peer: "bob@x/phone".into(), ..Default::default() }));
+    let got: Vec<_> = presences(&drain(&mut s)).into_iter().map(|p| (p.peer, p.peer_ref)).collect();
+    assert_eq!(got, vec![("bob@x/phone".to_owned(), 0)]);
+}
