@@ -11,8 +11,8 @@ use tern::config::{Config, Listen};
 /// much of it consolidating fastbins whenever a request future (about 2 KiB) was boxed, and
 /// it kept Argon2's 19 MiB blocks in per-thread arenas after `free` (10k logins left 8 GiB
 /// resident until a fixed mmap threshold was set). jemalloc's size classes and decay purging
-/// do neither: broker CPU per message fell about a sixth, while server memory per idle session
-/// stayed the same (0.43 and 0.44 KiB, 3,000 sessions, the two binaries one after the other).
+/// do neither: broker CPU per message fell about a sixth. Memory came out even: with 19,000
+/// idle sessions after 19,000 password logins, 309.7 MiB resident against glibc's 314.3.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
