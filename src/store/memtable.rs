@@ -183,29 +183,45 @@ impl Memtable {
         }
     }
 
-    /// A copy of the changes to `tree` within `range`, newest layer winning, in key order.
+    /// A copy of at most `limit` changes to `tree` within `range`, newest layer winning, in key
+    /// order (descending when `reverse`): the first ones from the end a read starts at.
     pub fn changes_in(
         &self,
         tree: &str,
         range: &(Bound<Vec<u8>>, Bound<Vec<u8>>),
+        reverse: bool,
+        limit: usize,
     ) -> Vec<(Vec<u8>, Option<Bytes>)> {
         if !is_valid(range) {
             return Vec::new();
         }
         let layers = self.read();
-        let active = layers.active.trees.get(tree);
-        let frozen = layers.frozen.as_ref().and_then(|f| f.trees.get(tree));
-        match (frozen, active) {
-            (None, None) => Vec::new(),
-            (Some(one), None) | (None, Some(one)) => {
-                one.range(range.clone()).map(|(k, c)| (k.clone(), c.value.clone())).collect()
-            }
-            (Some(older), Some(newer)) => {
-                let mut merged: BTreeMap<&Vec<u8>, &Change> = older.range(range.clone()).collect();
-                merged.extend(newer.range(range.clone()));
-                merged.into_iter().map(|(k, c)| (k.clone(), c.value.clone())).collect()
+        let mut newer = layer_range(layers.active.trees.get(tree), range, reverse);
+        let mut older = layer_range(layers.frozen.as_ref().and_then(|f| f.trees.get(tree)), range, reverse);
+        let mut out = Vec::with_capacity(limit.min(64));
+        while out.len() < limit {
+            let n = newer.as_mut().and_then(|i| i.peek().map(|(k, _)| *k));
+            let o = older.as_mut().and_then(|i| i.peek().map(|(k, _)| *k));
+            let take_newer = match (n, o) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some(n), Some(o)) => {
+                    let order = if reverse { o.cmp(n) } else { n.cmp(o) };
+                    if order == std::cmp::Ordering::Equal {
+                        // The newer layer's change to the key hides the older one's.
+                        older.as_mut().and_then(Iterator::next);
+                    }
+                    order != std::cmp::Ordering::Greater
+                }
+            };
+            let side = if take_newer { &mut newer } else { &mut older };
+            // The side just peeked at holds an item.
+            if let Some((k, c)) = side.as_mut().and_then(Iterator::next) {
+                out.push((k.clone(), c.value.clone()));
             }
         }
+        out
     }
 
     /// Moves the active layer into the frozen one, which a checkpoint then writes to sled.
@@ -241,6 +257,21 @@ impl Memtable {
     }
 }
 
+/// One layer's changes in the direction of a read.
+type LayerChanges<'a> = Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Change)> + 'a>;
+
+/// One layer's changes within `range`, in the direction of a read.
+fn layer_range<'a>(
+    layer: Option<&'a Changes>,
+    range: &(Bound<Vec<u8>>, Bound<Vec<u8>>),
+    reverse: bool,
+) -> Option<std::iter::Peekable<LayerChanges<'a>>> {
+    let r = layer?.range(range.clone());
+    let r: LayerChanges<'a> =
+        if reverse { Box::new(r.rev()) } else { Box::new(r) };
+    Some(r.peekable())
+}
+
 /// False for bounds `BTreeMap::range` would panic on (start after end, or both excluded at
 /// the same key).
 pub fn is_valid(range: &(Bound<Vec<u8>>, Bound<Vec<u8>>)) -> bool {
@@ -266,7 +297,7 @@ mod tests {
     }
 
     fn all(m: &Memtable) -> Vec<(Vec<u8>, Option<Bytes>)> {
-        m.changes_in("t", &(Bound::Unbounded, Bound::Unbounded))
+        m.changes_in("t", &(Bound::Unbounded, Bound::Unbounded), false, usize::MAX)
     }
 
     #[test]
@@ -325,11 +356,35 @@ mod tests {
         let m = Memtable::default();
         m.apply(vec![put(b"a", b"1"), put(b"b", b"2"), put(b"c", b"3")]);
         let r = (Bound::Included(b"b".to_vec()), Bound::Excluded(b"c".to_vec()));
-        assert_eq!(m.changes_in("t", &r), vec![(b"b".to_vec(), Some(Bytes::from_static(b"2")))]);
+        assert_eq!(m.changes_in("t", &r, false, 9), vec![(b"b".to_vec(), Some(Bytes::from_static(b"2")))]);
         let inverted = (Bound::Included(b"c".to_vec()), Bound::Excluded(b"a".to_vec()));
-        assert!(m.changes_in("t", &inverted).is_empty());
+        assert!(m.changes_in("t", &inverted, false, 9).is_empty());
         let same = (Bound::Excluded(b"b".to_vec()), Bound::Excluded(b"b".to_vec()));
-        assert!(m.changes_in("t", &same).is_empty());
+        assert!(m.changes_in("t", &same, false, 9).is_empty());
+    }
+
+    #[test]
+    fn a_limited_read_merges_both_layers_from_either_end() {
+        let m = Memtable::default();
+        m.apply(vec![put(b"a", b"old"), put(b"c", b"old"), put(b"e", b"old")]);
+        let _frozen = m.freeze();
+        m.apply(vec![put(b"b", b"new"), put(b"c", b"new"), del(b"e")]);
+        let everything = (Bound::Unbounded, Bound::Unbounded);
+        let keys = |reverse, limit| -> Vec<(Vec<u8>, Option<Bytes>)> {
+            m.changes_in("t", &everything, reverse, limit)
+        };
+        let new = Some(Bytes::from_static(b"new"));
+        assert_eq!(
+            keys(false, 3),
+            vec![
+                (b"a".to_vec(), Some(Bytes::from_static(b"old"))),
+                (b"b".to_vec(), new.clone()),
+                (b"c".to_vec(), new.clone())
+            ]
+        );
+        assert_eq!(keys(true, 2), vec![(b"e".to_vec(), None), (b"c".to_vec(), new)]);
+        assert_eq!(keys(false, usize::MAX).len(), 4);
+        assert!(keys(true, 0).is_empty());
     }
 
     fn create(key: &[u8], value: &[u8]) -> Op {
