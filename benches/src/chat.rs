@@ -1,8 +1,8 @@
 //! The 1:1 chat benchmark.
 //!
 //! P pairs of phones; in each pair a sender sends chat messages to a recipient. The same
-//! workload, with the same client library (rumqttc, MQTT 3.1.1, QoS 1) and the same payload
-//! bytes, runs against
+//! workload, with the same clients (the bench's own MQTT 3.1.1 client at QoS 1, `chat/mqtt.rs`)
+//! and the same payload bytes, runs against
 //!
 //! * tern: the sender publishes `Up{id, chat{peer_ref, body}}` on `u`; the recipient receives the
 //!   `Down{seq, id, chat{peer_ref, resource, body, ts}}` on `d` without subscribing. Each phone
@@ -32,6 +32,7 @@
 //! the results and the table in `report.rs`.
 
 pub(crate) mod drivers;
+mod mqtt;
 mod phase;
 
 use std::path::PathBuf;
@@ -162,7 +163,7 @@ impl Settings {
             body_bytes: BODY_LEN,
             ids: IDS,
             mqtt: "3.1.1, QoS 1",
-            client: "rumqttc 0.25",
+            client: "tern-bench raw MQTT 3.1.1 (benches/src/chat/mqtt.rs)",
             xmpp: None,
             sender_link: "MQTT",
             recipient_link: "MQTT",

@@ -1,7 +1,7 @@
 //! The `federation` benchmark: phones on tern chatting with XMPP clients on a real Prosody,
 //! through s2s.
 //!
-//! P pairs: a phone on tern (rumqttc, MQTT 3.1.1, QoS 1, `Up{chat}` on `u`) sends to an XMPP
+//! P pairs: a phone on tern (the bench's MQTT 3.1.1 client, QoS 1, `Up{chat}` on `u`) sends to an XMPP
 //! client on Prosody (our c2s client, `xmpp/`), which answers every message with a XEP-0184
 //! receipt, as a legacy client does; the receipt comes back to the phone as `Down{receipt}`.
 //! Both servers run on loopback, each on its own 127.0.0.x with the standard s2s port, and

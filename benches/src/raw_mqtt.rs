@@ -78,6 +78,11 @@ impl Packet {
 pub struct Conn {
     stream: TcpStream,
     inbuf: Vec<u8>,
+    /// Bytes at the front of `inbuf` already taken as packets.
+    taken: usize,
+    /// Whether the read buffer stays allocated between reads (load clients) or is freed once
+    /// empty (idle sessions, which must cost little).
+    keep_buffer: bool,
     pub bytes_in: u64,
     pub bytes_out: u64,
 }
@@ -87,11 +92,9 @@ fn put_str(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
-/// A packet with its fixed header: type and flags, remaining length (variable byte integer).
-fn frame(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 5);
+/// Appends a fixed header: type and flags, then the remaining length (variable byte integer).
+fn put_header(out: &mut Vec<u8>, first: u8, mut len: usize) {
     out.push(first);
-    let mut len = body.len();
     loop {
         let mut b = (len % 128) as u8;
         len /= 128;
@@ -103,6 +106,12 @@ fn frame(first: u8, body: &[u8]) -> Vec<u8> {
             break;
         }
     }
+}
+
+/// A packet with its fixed header.
+fn frame(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 5);
+    put_header(&mut out, first, body.len());
     out.extend_from_slice(body);
     out
 }
@@ -130,13 +139,26 @@ pub fn connect_packet(o: &ConnectOpts) -> Vec<u8> {
 
 /// The bytes of a PUBLISH packet (QoS 1 when `packet_id` is given, else QoS 0).
 pub fn publish_packet(topic: &str, packet_id: Option<u16>, payload: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(topic.len() + payload.len() + 4);
-    put_str(&mut body, topic.as_bytes());
+    let mut out = Vec::with_capacity(topic.len() + payload.len() + 9);
+    put_publish(&mut out, topic, packet_id, payload);
+    out
+}
+
+/// Appends a PUBLISH packet (QoS 1 when `packet_id` is given, else QoS 0).
+pub fn put_publish(out: &mut Vec<u8>, topic: &str, packet_id: Option<u16>, payload: &[u8]) {
+    let len = 2 + topic.len() + if packet_id.is_some() { 2 } else { 0 } + payload.len();
+    put_header(out, if packet_id.is_some() { 0x32 } else { 0x30 }, len);
+    put_str(out, topic.as_bytes());
     if let Some(id) = packet_id {
-        body.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&id.to_be_bytes());
     }
-    body.extend_from_slice(payload);
-    frame(if packet_id.is_some() { 0x32 } else { 0x30 }, &body)
+    out.extend_from_slice(payload);
+}
+
+/// Appends a PUBACK of packet `id`.
+pub fn put_puback(out: &mut Vec<u8>, id: u16) {
+    out.extend_from_slice(&[0x40, 2]);
+    out.extend_from_slice(&id.to_be_bytes());
 }
 
 /// A TCP connection to `addr` from `bind` (any port), without Nagle's delay: what every load
@@ -174,7 +196,7 @@ impl Conn {
     /// Opens TCP from `bind` (any port) to `addr`; nothing is sent yet.
     pub async fn open(addr: SocketAddr, bind: Option<IpAddr>) -> anyhow::Result<Conn> {
         let stream = tcp_from(addr, bind).await?;
-        Ok(Conn { stream, inbuf: Vec::new(), bytes_in: 0, bytes_out: 0 })
+        Ok(Conn { stream, inbuf: Vec::new(), taken: 0, keep_buffer: false, bytes_in: 0, bytes_out: 0 })
     }
 
     /// Opens TCP, sends CONNECT and waits for CONNACK; returns it as (session present, code).
@@ -199,7 +221,14 @@ impl Conn {
     }
 
     pub async fn puback(&mut self, id: u16) -> anyhow::Result<()> {
-        self.send(&frame(0x40, &id.to_be_bytes())).await
+        let mut out = Vec::with_capacity(4);
+        put_puback(&mut out, id);
+        self.send(&out).await
+    }
+
+    /// Keeps the read buffer between reads: for a load client, which reads all the time.
+    pub fn keep_read_buffer(&mut self) {
+        self.keep_buffer = true;
     }
 
     /// DISCONNECT, then close (errors ignored: the server may already be gone).
@@ -223,21 +252,32 @@ impl Conn {
     /// The next packet from the server.
     pub async fn read(&mut self) -> anyhow::Result<Packet> {
         loop {
-            if let Some(p) = self.take_packet()? {
+            if let Some(p) = self.next_packet()? {
                 return Ok(p);
             }
-            let mut chunk = [0u8; 4096];
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
-                bail!("the server closed the connection");
-            }
-            self.bytes_in += n as u64;
-            self.inbuf.extend_from_slice(&chunk[..n]);
+            self.fill().await?;
         }
     }
 
-    fn take_packet(&mut self) -> anyhow::Result<Option<Packet>> {
-        let b = &self.inbuf;
+    /// Reads what the server sent next (at least one byte) for [`Conn::next_packet`]. Cancel
+    /// safe: a read that did not finish took nothing.
+    pub async fn fill(&mut self) -> anyhow::Result<()> {
+        if self.taken > 0 {
+            self.inbuf.drain(..self.taken);
+            self.taken = 0;
+        }
+        self.inbuf.reserve(if self.keep_buffer { 16 * 1024 } else { 4096 });
+        let n = self.stream.read_buf(&mut self.inbuf).await?;
+        if n == 0 {
+            bail!("the server closed the connection");
+        }
+        self.bytes_in += n as u64;
+        Ok(())
+    }
+
+    /// The next whole packet already read, if any.
+    pub fn next_packet(&mut self) -> anyhow::Result<Option<Packet>> {
+        let b = &self.inbuf[self.taken..];
         let (mut len, mut shift, mut at) = (0usize, 0, 1);
         loop {
             let Some(&byte) = b.get(at) else { return Ok(None) };
@@ -258,10 +298,15 @@ impl Conn {
             return Ok(None);
         }
         let p = Packet { kind: b[0] >> 4, flags: b[0] & 0x0F, body: b[at..at + len].to_vec() };
-        self.inbuf.drain(..at + len);
-        // An idle session keeps no read buffer around.
-        if self.inbuf.is_empty() {
-            self.inbuf = Vec::new();
+        self.taken += at + len;
+        if self.taken == self.inbuf.len() {
+            self.taken = 0;
+            if self.keep_buffer {
+                self.inbuf.clear();
+            } else {
+                // An idle session keeps no read buffer around.
+                self.inbuf = Vec::new();
+            }
         }
         Ok(Some(p))
     }
@@ -297,6 +342,28 @@ mod tests {
         let p = publish_packet("t", Some(7), &[0; 200]);
         // 205 = 1 × 128 + 77: the low seven bits first, with the continuation bit.
         assert_eq!(&p[..3], &[0x32, 77 | 0x80, 1]);
+    }
+
+    #[tokio::test]
+    async fn packets_split_across_reads_come_out_whole_and_in_order() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut bytes = publish_packet("d", Some(1), b"first");
+        put_puback(&mut bytes, 7);
+        let total = bytes.len() as u64;
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(&bytes[..5]).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            s.write_all(&bytes[5..]).await.unwrap();
+        });
+        let mut c = Conn::open(addr, None).await.unwrap();
+        c.keep_read_buffer();
+        assert_eq!(c.read().await.unwrap().publish().unwrap().payload, b"first");
+        assert_eq!(c.read().await.unwrap().puback_id(), Some(7));
+        assert!(c.next_packet().unwrap().is_none());
+        assert_eq!(c.bytes_in, total);
+        server.await.unwrap();
     }
 
     #[test]

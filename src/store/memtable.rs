@@ -267,8 +267,7 @@ fn layer_range<'a>(
     reverse: bool,
 ) -> Option<std::iter::Peekable<LayerChanges<'a>>> {
     let r = layer?.range(range.clone());
-    let r: LayerChanges<'a> =
-        if reverse { Box::new(r.rev()) } else { Box::new(r) };
+    let r: LayerChanges<'a> = if reverse { Box::new(r.rev()) } else { Box::new(r) };
     Some(r.peekable())
 }
 

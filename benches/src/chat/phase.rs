@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
-use rumqttc::AsyncClient;
 use tern_bridge::Jid;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::drivers::{client, publisher, recipient_driver, sender_driver, Ctx, Note, PeerName, Schedule};
+use super::drivers::{Ctx, Note, PeerName, Schedule};
+use super::mqtt::{self, Login, Sends};
 use super::{chat_up_by_ref, user_name, Phase, Settings, DEVICE, PASSWORD, SETTLE};
 use crate::brokers::{self, Broker};
 use crate::prosody::Prosody;
@@ -28,14 +28,6 @@ pub(crate) enum Kind {
     Mosquitto,
     /// XMPP c2s clients (on Prosody); only ever senders or recipients of the XMPP drivers.
     Xmpp,
-}
-
-/// How the load reaches a sender once the phase starts.
-enum SenderHandle {
-    /// An MQTT client that a publisher task publishes through.
-    Mqtt(AsyncClient),
-    /// An XMPP client, which sends on its own once it has the schedule.
-    Xmpp(oneshot::Sender<Schedule>),
 }
 
 /// An XMPP client account of the bench.
@@ -102,8 +94,7 @@ pub(crate) async fn run_phase(
     let setup_started = Instant::now();
     let mut senders = Vec::new();
     let mut recipient_tasks = Vec::new();
-    let mut sender_handles = Vec::new();
-    let mut sender_refs = Vec::new();
+    let mut schedules = Vec::new();
     // tern phones learn their peer's ref during the setup; mosquitto's payload gets a ref of
     // the same size, so both carry the same bytes.
     let peer_name = |contact: String| match mqtt_kind {
@@ -128,12 +119,10 @@ pub(crate) async fn run_phase(
                 stop_rx.clone(),
             ))
         } else {
-            let (rc, rel) = client(mqtt_kind, phase.tag, 'r', i, recipient_addr, s.inflight_per_sender);
-            tokio::spawn(recipient_driver(
+            let login = Login { tag: phase.tag, role: 'r', pair: i, addr: recipient_addr };
+            tokio::spawn(mqtt::recipient(
                 ctx.clone(),
-                rc,
-                rel,
-                i,
+                login,
                 per_pair,
                 expected_peer,
                 peer_name(sender_bare),
@@ -141,9 +130,9 @@ pub(crate) async fn run_phase(
                 stop_rx.clone(),
             ))
         });
+        let (tx, rx) = oneshot::channel();
+        schedules.push(tx);
         if kind == Kind::Xmpp {
-            let (tx, rx) = oneshot::channel();
-            sender_handles.push(SenderHandle::Xmpp(tx));
             senders.push(tokio::spawn(xmpp::drivers::sender_driver(
                 ctx.clone(),
                 xmpp_account(sender_addr, &user_name(phase.tag, 's', i), domain)?,
@@ -156,16 +145,18 @@ pub(crate) async fn run_phase(
             )));
             continue;
         }
-        let (sc, sel) = client(kind, phase.tag, 's', i, sender_addr, s.inflight_per_sender);
-        sender_handles.push(SenderHandle::Mqtt(sc.clone()));
-        let name = peer_name(format!("{recipient}@{recipient_domain}"));
-        sender_refs.push(name.learnt.clone());
-        senders.push(tokio::spawn(sender_driver(
+        let topic = match kind {
+            Kind::Tern => "u".to_owned(),
+            Kind::Mosquitto | Kind::Xmpp => format!("c/{i}"),
+        };
+        let peer = format!("{recipient}@{recipient_domain}");
+        let sends = Sends { n: per_pair, topic, peer: peer.clone(), window: s.inflight_per_sender };
+        senders.push(tokio::spawn(mqtt::sender(
             ctx.clone(),
-            sc,
-            sel,
-            per_pair,
-            name,
+            Login { tag: phase.tag, role: 's', pair: i, addr: sender_addr },
+            sends,
+            peer_name(peer),
+            rx,
             notes_tx.clone(),
             stop_rx.clone(),
         )));
@@ -214,34 +205,10 @@ pub(crate) async fn run_phase(
     let start = Instant::now() + Duration::from_millis(20);
     let deadline = start + Duration::from_secs(s.timeout_s);
     let rate_per_pair = phase.rate.map(|r| r / pairs as f64);
-    let mut publishers = Vec::new();
-    let mut sender_refs = sender_refs.into_iter();
-    for (i, handle) in sender_handles.into_iter().enumerate() {
+    for (i, tx) in schedules.into_iter().enumerate() {
         // Spread the senders evenly over one period of the total rate.
         let offset = phase.rate.map_or(Duration::ZERO, |r| Duration::from_secs_f64(i as f64 / r));
-        let schedule = Schedule { start, offset, rate: rate_per_pair, deadline };
-        let client = match handle {
-            SenderHandle::Mqtt(c) => c,
-            SenderHandle::Xmpp(tx) => {
-                let _ = tx.send(schedule);
-                continue;
-            }
-        };
-        let topic = match kind {
-            Kind::Tern => "u".to_owned(),
-            Kind::Mosquitto | Kind::Xmpp => format!("c/{i}"),
-        };
-        let peer = format!("{}@{recipient_domain}", user_name(phase.tag, 'r', i));
-        let peer_ref = sender_refs.next().unwrap_or_default();
-        publishers.push(tokio::spawn(publisher(
-            ctx.clone(),
-            client,
-            topic,
-            peer,
-            peer_ref,
-            per_pair,
-            schedule,
-        )));
+        let _ = tx.send(Schedule { start, offset, rate: rate_per_pair, deadline });
     }
     let (mut senders_done, mut recipients_done) = (0, 0);
     let mut progress = Progress::new(kind, recipients, phase, per_pair * pairs as u64);
@@ -274,13 +241,6 @@ pub(crate) async fn run_phase(
         target_rate: phase.rate,
         ..Default::default()
     };
-    for p in publishers {
-        p.abort();
-        if let Ok((published, late)) = p.await {
-            res.published += published;
-            res.late_sends += late;
-        }
-    }
     let mut hist = new_histogram();
     let mut last_delivery: Option<Instant> = None;
     for r in recipient_tasks {
