@@ -6,10 +6,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// A broker process we started.
@@ -36,22 +38,98 @@ impl Broker {
         self.pid
     }
 
+    /// Where it listens, and its process.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint { addr: self.addr, pid: Some(self.pid) }
+    }
+
     /// CPU time (user + system) the broker used so far, in milliseconds.
     pub fn cpu_ms(&self) -> Option<f64> {
-        cpu_ms(&format!("/proc/{}/stat", self.pid))
+        self.endpoint().cpu_ms()
     }
 
     /// Resident set size, in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
+        self.endpoint().rss_kib()
     }
 
     /// Kills the process (by its PID, via the child handle) and reaps it.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// A server under test: where it listens and, when known, its process, for its CPU and memory
+/// figures (one we started, or one an operator runs and names with `--addr` and `--pid`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub pid: Option<u32>,
+}
+
+impl Endpoint {
+    /// CPU time (user + system) the server used so far, in milliseconds.
+    pub fn cpu_ms(&self) -> Option<f64> {
+        cpu_ms(&format!("/proc/{}/stat", self.pid?))
+    }
+
+    /// The server's resident memory (VmRSS), KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+}
+
+/// A tern the operator runs, instead of one the bench starts.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunningTern {
+    /// Use the tern already listening (plain MQTT) here instead of starting one; its users
+    /// must exist (see --admin-socket) with the bench's password.
+    #[arg(long)]
+    pub addr: Option<SocketAddr>,
+    /// PID of the tern at --addr, for its memory and CPU figures.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Admin socket (`<data dir>/admin.sock`) of the tern at --addr, to create the bench's users.
+    #[arg(long)]
+    pub admin_socket: Option<PathBuf>,
+}
+
+/// Creates `names` with `password` through a running tern's admin socket, four at a time
+/// (each is an Argon2 hash in the daemon), counting each one done in `done`. A user left from
+/// an earlier run against the same tern is fine.
+pub async fn add_users_by_socket(
+    sock: &Path,
+    names: &[String],
+    password: &str,
+    done: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(4));
+    let mut tasks = tokio::task::JoinSet::new();
+    let secret = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, password);
+    for name in names {
+        let line = format!("add {name} {secret}\n");
+        let (sock, sem, done) = (sock.to_path_buf(), sem.clone(), done.clone());
+        tasks.spawn(async move {
+            let _slot = sem.acquire_owned().await?;
+            let mut s = tokio::net::UnixStream::connect(&sock)
+                .await
+                .with_context(|| format!("admin socket {}", sock.display()))?;
+            s.write_all(line.as_bytes()).await?;
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).await?;
+            if !reply.starts_with("ok") && !reply.contains("exists") {
+                bail!("admin socket: {}", reply.trim());
+            }
+            done.fetch_add(1, Ordering::Relaxed);
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
 }
 
 /// CPU time (user + system) of the process whose `stat` file this is, in milliseconds.
@@ -117,37 +195,16 @@ pub async fn start_tern(
         .find_map(|w| w.strip_prefix("tcp="))
         .with_context(|| format!("unexpected ready line from tern: {line:?}"))?
         .parse::<SocketAddr>()?;
-    let version = std::process::Command::new(bin)
-        .arg("--version")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    Ok(Broker { addr, version, child, pid })
+    Ok(Broker { addr, version: version_of(bin), child, pid })
 }
 
-/// Creates users through the running daemon's admin socket, two at a time (Argon2 is the cost).
-pub async fn add_users(bin: &Path, data_dir: &Path, names: &[String], password: &str) -> anyhow::Result<()> {
-    for chunk in names.chunks(2) {
-        let mut running = Vec::new();
-        for name in chunk {
-            let mut child = Command::new(bin)
-                .arg("--data-dir")
-                .arg(data_dir)
-                .args(["user", "add", name, "--password-stdin"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()?;
-            let mut stdin = child.stdin.take().unwrap();
-            stdin.write_all(password.as_bytes()).await?;
-            drop(stdin);
-            running.push((format!("tern user add {name}"), child));
-        }
-        wait_all(running).await?;
-    }
-    Ok(())
+/// What `bin --version` prints (empty if it cannot be run).
+pub fn version_of(bin: &Path) -> String {
+    std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// Waits (at most 30 s each) for commands we started, each named by its command line; fails

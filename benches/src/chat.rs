@@ -43,7 +43,7 @@ use serde::Serialize;
 use tern_schemas::num_id;
 use tern_schemas::v1::{up, Chat, Up};
 
-use crate::brokers;
+use crate::brokers::{self, Endpoint};
 use crate::prosody::{self, Prosody, ProsodyArgs};
 use crate::report::{finish, round, BrokerResult, Report};
 pub(crate) use phase::{run_phase, Kind, Recipients};
@@ -61,6 +61,10 @@ pub(crate) const SETTLE: Duration = Duration::from_millis(150);
 pub struct ChatArgs {
     #[command(flatten)]
     pub(crate) load: LoadArgs,
+    /// A tern already running (its users need the bench's password, `bench-pw`, and its
+    /// domain must be --domain).
+    #[command(flatten)]
+    running: brokers::RunningTern,
     /// Reference broker run with the same workload, or `none`.
     #[arg(long, value_enum, default_value = "mosquitto")]
     against: Against,
@@ -248,7 +252,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     }
     let scratch = Scratch::new(&args.load, "chat")?;
     let outcome = async {
-        let tern = run_tern(&args.load, &settings, &scratch.dir).await?;
+        let tern = run_tern(&args, &settings, &scratch.dir).await?;
         let reference = match args.against {
             Against::Mosquitto => Some(run_mosquitto(&args, &settings, &scratch.dir).await?),
             Against::Prosody => Some(run_prosody(&args, &settings, &scratch.dir).await?),
@@ -308,30 +312,48 @@ impl Scratch {
     }
 }
 
-async fn run_tern(args: &LoadArgs, s: &Settings, scratch: &std::path::Path) -> anyhow::Result<BrokerResult> {
+async fn run_tern(args: &ChatArgs, s: &Settings, scratch: &std::path::Path) -> anyhow::Result<BrokerResult> {
+    let load = &args.load;
     let dir = scratch.join("tern");
-    let broker = brokers::start_tern(&args.tern_bin, &dir, &args.domain, None).await?;
-    eprintln!("tern-bench chat: {} (pid {}) on {}", broker.version, broker.pid(), broker.addr);
+    let (started, server, admin) = match args.running.addr {
+        Some(addr) => (None, Endpoint { addr, pid: args.running.pid }, args.running.admin_socket.clone()),
+        None => {
+            let b = brokers::start_tern(&load.tern_bin, &dir, &load.domain, None).await?;
+            let (server, admin) = (b.endpoint(), Some(dir.join("admin.sock")));
+            (Some(b), server, admin)
+        }
+    };
+    let version = match &started {
+        Some(b) => b.version.clone(),
+        None => brokers::version_of(&load.tern_bin),
+    };
+    let pid = server.pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+    eprintln!("tern-bench chat: {version} (pid {pid}) on {}", server.addr);
     let result = async {
         let names = users(s, &['s', 'r']);
         let t = std::time::Instant::now();
-        brokers::add_users(&args.tern_bin, &dir, &names, PASSWORD).await?;
+        match &admin {
+            Some(sock) => brokers::add_users_by_socket(sock, &names, PASSWORD, Default::default()).await?,
+            None => eprintln!("tern-bench chat: no --admin-socket: assuming the {} users exist", names.len()),
+        }
         let user_setup_s = t.elapsed().as_secs_f64();
         eprintln!("tern-bench chat: {} users added in {:.1} s", names.len(), user_setup_s);
         let mut out = BrokerResult {
             broker: "tern".into(),
-            version: broker.version.clone(),
+            version,
             user_setup_s: Some(user_setup_s),
             ..Default::default()
         };
         for p in phases(s) {
-            out.phases.push(run_phase(Kind::Tern, &broker, Recipients::Local, &args.domain, s, p).await?);
+            out.phases.push(run_phase(Kind::Tern, server, Recipients::Local, &load.domain, s, p).await?);
         }
-        out.rss_kib_end = broker.rss_kib();
+        out.rss_kib_end = server.rss_kib();
         anyhow::Ok(out)
     }
     .await;
-    broker.stop().await;
+    if let Some(b) = started {
+        b.stop().await;
+    }
     result
 }
 
@@ -349,8 +371,10 @@ async fn run_mosquitto(
             ..Default::default()
         };
         for p in phases(s) {
-            out.phases
-                .push(run_phase(Kind::Mosquitto, &broker, Recipients::Local, &args.load.domain, s, p).await?);
+            out.phases.push(
+                run_phase(Kind::Mosquitto, broker.endpoint(), Recipients::Local, &args.load.domain, s, p)
+                    .await?,
+            );
         }
         out.rss_kib_end = broker.rss_kib();
         anyhow::Ok(out)
@@ -393,8 +417,14 @@ async fn run_prosody(
         for mut p in phases(s) {
             // tern's phones send no receipts in this scenario either.
             p.receipts = false;
-            let phase =
-                run_phase(Kind::Xmpp, &server.broker, Recipients::Xmpp(&server), &server.domain, s, p);
+            let phase = run_phase(
+                Kind::Xmpp,
+                server.broker.endpoint(),
+                Recipients::Xmpp(&server),
+                &server.domain,
+                s,
+                p,
+            );
             out.phases.push(phase.await?);
         }
         out.rss_kib_end = server.broker.rss_kib();

@@ -160,8 +160,9 @@ async fn load_phases(
     phones.extend((0..s.pairs).map(|i| user_name(reverse.tag, 'r', i)));
     clients.extend((0..s.pairs).map(|i| user_name(reverse.tag, 's', i)));
     let t = std::time::Instant::now();
+    let admin = tern_dir.join("admin.sock");
     let (a, b) = tokio::join!(
-        brokers::add_users(&load.tern_bin, tern_dir, &phones, PASSWORD),
+        brokers::add_users_by_socket(&admin, &phones, PASSWORD, Default::default()),
         prosody.register(&clients, PASSWORD)
     );
     a?;
@@ -188,11 +189,14 @@ async fn load_phases(
         if p.name == "throughput" {
             p.receipts = throughput_receipts;
         }
-        out.phases.push(run_phase(Kind::Tern, tern, Recipients::Xmpp(prosody), &load.domain, s, p).await?);
+        out.phases.push(
+            run_phase(Kind::Tern, tern.endpoint(), Recipients::Xmpp(prosody), &load.domain, s, p).await?,
+        );
     }
     let phones_on_tern = Recipients::Phones { tern, domain: &load.domain };
-    out.phases
-        .push(run_phase(Kind::Xmpp, &prosody.broker, phones_on_tern, &prosody.domain, s, reverse).await?);
+    out.phases.push(
+        run_phase(Kind::Xmpp, prosody.broker.endpoint(), phones_on_tern, &prosody.domain, s, reverse).await?,
+    );
     out.rss_kib_end = tern.rss_kib();
     Ok(out)
 }

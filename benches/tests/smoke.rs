@@ -1,6 +1,7 @@
 //! CI smoke test of the load scenarios (chat, federation, connect, idle, resume, fanout, the
 //! last four also `--against prosody`, and fanout's group chat room variant `--room`):
-//! `tern-bench <scenario> --quick` against the debug tern,
+//! `tern-bench <scenario> --quick` against the debug tern (chat also against one started here,
+//! at an address, as an operator's),
 //! with real mosquitto and Prosody (installed by scripts/install-test-deps). It checks that each
 //! run completes cleanly (every message delivered once, receipted where clients send receipts)
 //! and that the JSON has the figures; it asserts nothing about speed.
@@ -205,4 +206,37 @@ fn fanout_room_quick_delivers_to_every_occupant_against_prosody() {
         assert!(v["recipient_bytes_per_delivery"].as_f64().unwrap() > 0.0, "{v}");
     }
     assert!(r["ratio_tern_over_reference"]["deliveries_per_s"].as_f64().is_some(), "{r}");
+}
+
+/// A tern started here, as an operator would run one: `chat --addr` must drive it as it drives
+/// the tern it starts itself, creating its users through the admin socket.
+#[test]
+fn chat_quick_runs_against_a_tern_at_an_address() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("tern-bench-smoke-addr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut tern = Command::new(tern_bin())
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["serve", "--domain", "bench.test", "--mqtt-tcp", "127.0.0.1:0"])
+        .args(["--mqtt-tls", "off", "--mqtt-ws", "off", "--metrics", "off"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting tern");
+    let mut ready = String::new();
+    std::io::BufReader::new(tern.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    let addr = ready.split_whitespace().find_map(|w| w.strip_prefix("tcp=")).expect("tcp= in the ready line");
+    let (pid, sock) = (tern.id().to_string(), dir.join("admin.sock"));
+    let args = ["--addr", addr, "--pid", &pid, "--admin-socket", sock.to_str().unwrap(), "--against", "none"];
+    let r = run_quick("chat", &args);
+    let _ = tern.kill();
+    let _ = tern.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    for name in ["wire", "throughput", "latency"] {
+        let p = phase(&r["tern"], name);
+        assert_eq!(p["delivered"], p["messages"], "{name}: {p}");
+        assert_eq!(p["duplicated"], 0, "{name}: {p}");
+    }
+    assert!(phase(&r["tern"], "throughput")["broker_cpu_ms"].as_f64().is_some(), "--pid gives CPU figures");
 }

@@ -208,8 +208,13 @@ pub(crate) async fn sender(
         if let Some(sch) = &schedule {
             while inflight < window && next < sends.n {
                 let Some(at) = sch.due(next) else { break };
-                if at > Instant::now() {
+                let now = Instant::now();
+                if at > now {
                     next_due = Some(at);
+                    break;
+                }
+                if now > sch.deadline {
+                    // Past the phase's time cap what was not sent counts as unsent.
                     break;
                 }
                 if sch.late(at) {

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::drivers::{Ctx, Note, PeerName, Schedule};
 use super::mqtt::{self, Login, Sends};
 use super::{chat_up_by_ref, user_name, Phase, Settings, DEVICE, PASSWORD, SETTLE};
-use crate::brokers::{self, Broker};
+use crate::brokers::{self, Broker, Endpoint};
 use crate::prosody::Prosody;
 use crate::proxy::{Proxy, Snapshot};
 use crate::report::{new_histogram, round, Bytes, Latency, PhaseResult};
@@ -56,7 +56,7 @@ pub(crate) enum Recipients<'a> {
 /// Runs one phase: `kind` senders on `broker` (`domain`), each sending to its recipient.
 pub(crate) async fn run_phase(
     kind: Kind,
-    broker: &Broker,
+    broker: Endpoint,
     recipients: Recipients<'_>,
     domain: &str,
     s: &Settings,
@@ -66,12 +66,12 @@ pub(crate) async fn run_phase(
     let per_pair = phase.messages / pairs as u64;
     let (recipient_broker, recipient_domain) = match recipients {
         Recipients::Local => (broker, domain),
-        Recipients::Xmpp(p) => (&p.broker, p.domain.as_str()),
-        Recipients::Phones { tern, domain } => (tern, domain),
+        Recipients::Xmpp(p) => (p.broker.endpoint(), p.domain.as_str()),
+        Recipients::Phones { tern, domain } => (tern.endpoint(), domain),
     };
     let xmpp_recipients = matches!(recipients, Recipients::Xmpp(_));
     // The recipients' server's CPU is reported apart when it is not the senders' server.
-    let peer = Some(recipient_broker).filter(|b| b.pid() != broker.pid());
+    let peer = Some(recipient_broker).filter(|b| b.addr != broker.addr);
     // The MQTT drivers' protocol: the senders', or with XMPP senders the phones'.
     let mqtt_kind = match recipients {
         Recipients::Phones { .. } => Kind::Tern,

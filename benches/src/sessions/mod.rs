@@ -24,10 +24,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use prost::Message;
 use tern_schemas::v1::{down, Down};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::brokers::{self, Broker};
+use crate::brokers::{self, Broker, Endpoint, RunningTern};
 use crate::prosody::{self, Prosody, ProsodyArgs};
 use crate::raw_mqtt::{Conn, ConnectOpts};
 pub(crate) use link::{Link, Outgoing};
@@ -60,16 +59,9 @@ pub struct TargetArgs {
     /// The tern binary (to start one, and to ask its version).
     #[arg(long, default_value = "target/release/tern")]
     pub(crate) tern_bin: PathBuf,
-    /// Use the tern already listening (plain MQTT) here instead of starting one; its users
-    /// must exist (see --admin-socket) with password --password.
-    #[arg(long)]
-    pub(crate) addr: Option<SocketAddr>,
-    /// PID of the tern at --addr, for its memory and CPU figures.
-    #[arg(long)]
-    pub(crate) pid: Option<u32>,
-    /// Admin socket (`<data dir>/admin.sock`) of the tern at --addr, to create the bench's users.
-    #[arg(long)]
-    pub(crate) admin_socket: Option<PathBuf>,
+    /// A tern already running (its users need password --password).
+    #[command(flatten)]
+    pub(crate) running: RunningTern,
     /// Password of the bench's users.
     #[arg(long, default_value = PASSWORD)]
     pub(crate) password: String,
@@ -135,19 +127,15 @@ pub(crate) struct Target {
 impl Target {
     /// tern: the one at `--addr`, or a fresh one in `scratch/tern`.
     pub(crate) async fn tern(a: &TargetArgs, scratch: &Path) -> anyhow::Result<Target> {
-        let version = std::process::Command::new(&a.tern_bin)
-            .arg("--version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default();
-        if let Some(addr) = a.addr {
+        let version = brokers::version_of(&a.tern_bin);
+        if let Some(addr) = a.running.addr {
             return Ok(Target {
                 system: System::Tern,
                 addr,
-                pid: a.pid,
+                pid: a.running.pid,
                 version,
                 domain: a.domain.clone(),
-                admin: a.admin_socket.clone(),
+                admin: a.running.admin_socket.clone(),
                 started: None,
                 prosody: None,
                 muc: None,
@@ -204,7 +192,10 @@ impl Target {
     /// set up as the `federation` scenario does it, with a route for the MUC domain too: tern
     /// hosts no rooms, its users join rooms elsewhere.
     pub(crate) async fn tern_with_rooms(a: &TargetArgs, scratch: &Path) -> anyhow::Result<Target> {
-        anyhow::ensure!(a.addr.is_none(), "rooms need a tern federated with the room service: no --addr");
+        anyhow::ensure!(
+            a.running.addr.is_none(),
+            "rooms need a tern federated with the room service: no --addr"
+        );
         let muc = muc_domain(a);
         let tern_ip = prosody::free_loopback_ip(120, &[prosody::S2S_PORT], &[]).await?;
         let ip = prosody::free_loopback_ip(121, &[prosody::C2S_PORT, prosody::S2S_PORT], &[tern_ip]).await?;
@@ -269,14 +260,12 @@ impl Target {
 
     /// The server's resident memory (VmRSS), KiB.
     pub(crate) fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
+        Endpoint { addr: self.addr, pid: self.pid }.rss_kib()
     }
 
     /// The server's CPU time so far, ms.
     pub(crate) fn cpu_ms(&self) -> Option<f64> {
-        brokers::cpu_ms(&format!("/proc/{}/stat", self.pid?))
+        Endpoint { addr: self.addr, pid: self.pid }.cpu_ms()
     }
 
     /// Creates `names` (mosquitto takes anyone): on tern through the admin socket, a few at a
@@ -295,33 +284,7 @@ impl Target {
             return Ok(0.0);
         };
         let progress = Progress::start("adding users", names.len() as u64);
-        let sem = Arc::new(tokio::sync::Semaphore::new(4));
-        let mut tasks = tokio::task::JoinSet::new();
-        for name in names {
-            let line = format!(
-                "add {name} {}\n",
-                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, password)
-            );
-            let (sock, sem, done) = (sock.clone(), sem.clone(), progress.done.clone());
-            tasks.spawn(async move {
-                let _slot = sem.acquire_owned().await?;
-                let mut s = tokio::net::UnixStream::connect(&sock)
-                    .await
-                    .with_context(|| format!("admin socket {}", sock.display()))?;
-                s.write_all(line.as_bytes()).await?;
-                let mut reply = String::new();
-                s.read_to_string(&mut reply).await?;
-                // A user left from an earlier run against the same --addr is fine.
-                if !reply.starts_with("ok") && !reply.contains("exists") {
-                    bail!("admin socket: {}", reply.trim());
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-                anyhow::Ok(())
-            });
-        }
-        while let Some(r) = tasks.join_next().await {
-            r??;
-        }
+        brokers::add_users_by_socket(&sock, names, password, progress.done.clone()).await?;
         progress.finish();
         Ok(t.elapsed().as_secs_f64())
     }
