@@ -89,10 +89,10 @@ pub struct RunningTern {
     #[arg(long)]
     pub addr: Option<SocketAddr>,
     /// PID of the tern at --addr, for its memory and CPU figures.
-    #[arg(long)]
+    #[arg(long, requires = "addr")]
     pub pid: Option<u32>,
     /// Admin socket (`<data dir>/admin.sock`) of the tern at --addr, to create the bench's users.
-    #[arg(long)]
+    #[arg(long, requires = "addr")]
     pub admin_socket: Option<PathBuf>,
 }
 
@@ -110,6 +110,7 @@ pub async fn add_users_by_socket(
     let secret = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, password);
     for name in names {
         let line = format!("add {name} {secret}\n");
+        let exists = format!("{name} exists");
         let (sock, sem, done) = (sock.to_path_buf(), sem.clone(), done.clone());
         tasks.spawn(async move {
             let _slot = sem.acquire_owned().await?;
@@ -119,7 +120,8 @@ pub async fn add_users_by_socket(
             s.write_all(line.as_bytes()).await?;
             let mut reply = String::new();
             s.read_to_string(&mut reply).await?;
-            if !reply.starts_with("ok") && !reply.contains("exists") {
+            // The admin socket answers `ok`, or `err` and the reason on the next line.
+            if !reply.starts_with("ok") && reply.trim_end() != format!("err\n{exists}") {
                 bail!("admin socket: {}", reply.trim());
             }
             done.fetch_add(1, Ordering::Relaxed);

@@ -226,8 +226,29 @@ pub(crate) fn phases(s: &Settings) -> [Phase; 3] {
     ]
 }
 
+/// A prefix for every user name of this run, set against a tern the operator runs: its store
+/// outlives the run, and messages an interrupted earlier run left in the same users' inboxes
+/// would count as this run's duplicates.
+static RUN_PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Gives this run's users names of their own (`x` and five letters from the clock).
+fn set_run_prefix() -> &'static str {
+    RUN_PREFIX.get_or_init(|| {
+        let mut n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() / 1_000);
+        let mut p = String::from("x");
+        for _ in 0..5 {
+            p.push((b'a' + (n % 26) as u8) as char);
+            n /= 26;
+        }
+        p
+    })
+}
+
 pub(crate) fn user_name(tag: &str, role: char, pair: usize) -> String {
-    format!("{tag}{role}{pair}")
+    let prefix = RUN_PREFIX.get().map_or("", String::as_str);
+    format!("{prefix}{tag}{role}{pair}")
 }
 
 /// The user names of every phase's pairs in `roles` (`s` senders, `r` recipients).
@@ -249,6 +270,9 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     if args.against == Against::Prosody {
         settings.xmpp = Some("c2s plaintext, SASL PLAIN, no receipts (the reference)");
         (settings.sender_link, settings.recipient_link) = ("MQTT | c2s", "MQTT | c2s");
+    }
+    if args.running.addr.is_some() {
+        eprintln!("tern-bench chat: this run's users are named {}…", set_run_prefix());
     }
     let scratch = Scratch::new(&args.load, "chat")?;
     let outcome = async {
@@ -325,25 +349,26 @@ async fn run_tern(args: &ChatArgs, s: &Settings, scratch: &std::path::Path) -> a
     };
     let version = match &started {
         Some(b) => b.version.clone(),
-        None => brokers::version_of(&load.tern_bin),
+        None => format!("{} (--tern-bin's)", brokers::version_of(&load.tern_bin)),
     };
     let pid = server.pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
     eprintln!("tern-bench chat: {version} (pid {pid}) on {}", server.addr);
     let result = async {
         let names = users(s, &['s', 'r']);
         let t = std::time::Instant::now();
-        match &admin {
-            Some(sock) => brokers::add_users_by_socket(sock, &names, PASSWORD, Default::default()).await?,
-            None => eprintln!("tern-bench chat: no --admin-socket: assuming the {} users exist", names.len()),
-        }
-        let user_setup_s = t.elapsed().as_secs_f64();
-        eprintln!("tern-bench chat: {} users added in {:.1} s", names.len(), user_setup_s);
-        let mut out = BrokerResult {
-            broker: "tern".into(),
-            version,
-            user_setup_s: Some(user_setup_s),
-            ..Default::default()
+        let user_setup_s = match &admin {
+            Some(sock) => {
+                brokers::add_users_by_socket(sock, &names, PASSWORD, Default::default()).await?;
+                let took = t.elapsed().as_secs_f64();
+                eprintln!("tern-bench chat: {} users added in {took:.1} s", names.len());
+                Some(took)
+            }
+            None => {
+                eprintln!("tern-bench chat: no --admin-socket: assuming the {} users exist", names.len());
+                None
+            }
         };
+        let mut out = BrokerResult { broker: "tern".into(), version, user_setup_s, ..Default::default() };
         for p in phases(s) {
             out.phases.push(run_phase(Kind::Tern, server, Recipients::Local, &load.domain, s, p).await?);
         }

@@ -30,6 +30,96 @@ const SETUP_WAIT: Duration = Duration::from_secs(5);
 pub(crate) const SETUP_PACKET_ID: u16 = u16::MAX;
 /// Packet ids the load cycles through (1 up to this), so at most this many may be in flight.
 const LOAD_PACKET_IDS: u16 = u16::MAX - 1;
+/// The keepalive the clients ask for; they ping after half of it without writing.
+const KEEPALIVE: Duration = Duration::from_secs(60);
+/// Time one write may take before the connection counts as broken (a broker that stopped
+/// reading must not hang the phase).
+const WRITE_LIMIT: Duration = Duration::from_secs(30);
+
+/// The QoS 1 PUBLISHes a client has in flight: which packet ids await a PUBACK, at most `limit`.
+struct Window {
+    outstanding: Vec<bool>,
+    inflight: u16,
+    limit: u16,
+    sent: u64,
+}
+
+impl Window {
+    fn new(limit: u16) -> Window {
+        Window {
+            outstanding: vec![false; usize::from(u16::MAX) + 1],
+            inflight: 0,
+            limit: limit.clamp(1, LOAD_PACKET_IDS),
+            sent: 0,
+        }
+    }
+
+    /// Whether another PUBLISH may go out.
+    fn open(&self) -> bool {
+        self.inflight < self.limit
+    }
+
+    /// The packet id of the next PUBLISH, now in flight.
+    fn next_id(&mut self) -> u16 {
+        let id = load_packet_id(self.sent);
+        self.sent += 1;
+        // With at most LOAD_PACKET_IDS in flight the id is free unless a PUBACK never came;
+        // then the old one is given up rather than counted twice.
+        if !std::mem::replace(&mut self.outstanding[usize::from(id)], true) {
+            self.inflight += 1;
+        }
+        id
+    }
+
+    /// Takes a PUBACK: true when it acknowledged a PUBLISH in flight.
+    fn acked(&mut self, id: u16) -> bool {
+        let was = std::mem::take(&mut self.outstanding[usize::from(id)]);
+        if was {
+            self.inflight -= 1;
+        }
+        was
+    }
+}
+
+/// The packet id of the `k`th load PUBLISH: 1 up to [`LOAD_PACKET_IDS`], then 1 again.
+fn load_packet_id(k: u64) -> u16 {
+    (k % u64::from(LOAD_PACKET_IDS)) as u16 + 1
+}
+
+/// Writes `out` (bounded by [`WRITE_LIMIT`]) and empties it.
+async fn flush(conn: &mut Conn, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    tokio::time::timeout(WRITE_LIMIT, conn.send(out))
+        .await
+        .map_err(|_| anyhow::anyhow!("a write took over {WRITE_LIMIT:?}"))??;
+    out.clear();
+    Ok(())
+}
+
+/// DISCONNECT and close, giving up after 300 ms (the broker may be gone or stuck).
+async fn hang_up(mut conn: Conn) {
+    let _ = tokio::time::timeout(Duration::from_millis(300), conn.disconnect()).await;
+}
+
+/// Ticks every quarter of the keepalive, for [`ping_due`]: one timer per connection, not one
+/// per turn of its loop.
+fn ping_ticks() -> tokio::time::Interval {
+    let every = KEEPALIVE / 4;
+    let mut t = tokio::time::interval_at(Instant::now() + every, every);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
+/// Whether a tick finds the connection silent long enough to ping (at most half the keepalive
+/// passes without a write).
+fn ping_due(last_write: Instant) -> bool {
+    last_write.elapsed() >= KEEPALIVE / 4
+}
+
+/// A PINGREQ.
+const PINGREQ: [u8; 2] = [0xC0, 0];
 
 /// Who a load client is and where it connects.
 pub(crate) struct Login {
@@ -48,8 +138,9 @@ async fn connect(kind: Kind, login: &Login) -> Result<(Conn, Vec<Packet>), Strin
         Kind::Tern => DEVICE,
         Kind::Mosquitto | Kind::Xmpp => user.as_str(),
     };
+    let keepalive_s = KEEPALIVE.as_secs() as u16;
     let opts =
-        ConnectOpts { client_id, user: Some(&user), password: Some(PASSWORD), clean: true, keepalive_s: 60 };
+        ConnectOpts { client_id, user: Some(&user), password: Some(PASSWORD), clean: true, keepalive_s };
     let attempt = Conn::connect(login.addr, None, &opts);
     match tokio::time::timeout(CONNECT_LIMIT, attempt).await {
         Err(_) => Err(format!("no CONNACK within {CONNECT_LIMIT:?}")),
@@ -151,9 +242,10 @@ pub(crate) async fn sender(
     if setup.ready {
         let _ = notes.send(Note::Ready);
     }
-    let window = sends.window.clamp(1, LOAD_PACKET_IDS);
-    let mut outstanding = vec![false; usize::from(u16::MAX) + 1];
-    let (mut inflight, mut next) = (0u16, 0u64);
+    let mut window = Window::new(sends.window);
+    let mut next = 0u64;
+    let mut last_write = Instant::now();
+    let mut pings = ping_ticks();
     let mut schedule: Option<Schedule> = None;
     let mut waiting_for_schedule = true;
     let mut out = Vec::with_capacity(16 * 1024);
@@ -161,8 +253,7 @@ pub(crate) async fn sender(
         for p in std::mem::take(&mut packets) {
             if p.kind == PUBACK {
                 let Some(id) = p.puback_id() else { continue };
-                if std::mem::take(&mut outstanding[usize::from(id)]) {
-                    inflight -= 1;
+                if window.acked(id) {
                     st.acked += 1;
                     if st.acked == sends.n && (!ctx.receipts || st.receipts >= sends.n) {
                         let _ = notes.send(Note::SenderDone);
@@ -206,7 +297,7 @@ pub(crate) async fn sender(
         }
         let mut next_due = None;
         if let Some(sch) = &schedule {
-            while inflight < window && next < sends.n {
+            while window.open() && next < sends.n {
                 let Some(at) = sch.due(next) else { break };
                 let now = Instant::now();
                 if at > now {
@@ -224,20 +315,17 @@ pub(crate) async fn sender(
                     Some(&r) => chat_up_by_ref(next, r, micros_since(ctx.epoch)),
                     None => chat_up(next, &sends.peer, micros_since(ctx.epoch)),
                 };
-                let id = (next % u64::from(LOAD_PACKET_IDS)) as u16 + 1;
-                outstanding[usize::from(id)] = true;
-                put_publish(&mut out, &sends.topic, Some(id), &payload);
-                inflight += 1;
+                put_publish(&mut out, &sends.topic, Some(window.next_id()), &payload);
                 next += 1;
                 st.published += 1;
             }
         }
         if !out.is_empty() {
-            if let Err(e) = conn.send(&out).await {
+            if let Err(e) = flush(&mut conn, &mut out).await {
                 connection_failed(&notes, &mut st.errors, setup.ready, format!("sender connection: {e:#}"));
                 return st;
             }
-            out.clear();
+            last_write = Instant::now();
         }
         let read = tokio::select! {
             _ = stop.changed() => break,
@@ -251,6 +339,12 @@ pub(crate) async fn sender(
                 continue;
             }
             _ = until(next_due) => continue,
+            _ = pings.tick() => {
+                if ping_due(last_write) {
+                    out.extend_from_slice(&PINGREQ);
+                }
+                continue;
+            }
             r = conn.fill() => r,
         };
         packets = match read.and_then(|()| drain_packets(&mut conn)) {
@@ -261,7 +355,7 @@ pub(crate) async fn sender(
             }
         };
     }
-    conn.disconnect().await;
+    hang_up(conn).await;
     st
 }
 
@@ -276,10 +370,13 @@ fn drain_packets(conn: &mut Conn) -> anyhow::Result<Vec<Packet>> {
 
 /// Logs in (subscribing to the pair's topic on brokers other than tern), reports `Ready`, then
 /// counts this pair's chat messages until `stop`, acknowledging each and, in phases with
-/// receipts, answering each with a delivery receipt.
+/// receipts, answering each with a delivery receipt (at most `window` unacknowledged, the
+/// rest queued).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn recipient(
     ctx: Arc<Ctx>,
     login: Login,
+    window: u16,
     expect: u64,
     expected_peer: String,
     peer: PeerName,
@@ -304,11 +401,20 @@ pub(crate) async fn recipient(
         }
     }
     let mut last_seq = 0u64;
-    let mut receipt_ids = (1..=LOAD_PACKET_IDS).cycle();
+    let mut receipts = Window::new(window);
+    let mut queued_receipts = std::collections::VecDeque::<Vec<u8>>::new();
+    let mut last_write = Instant::now();
+    let mut pings = ping_ticks();
     loop {
         for p in std::mem::take(&mut packets) {
             if p.kind == SUBACK && !setup.ready {
                 setup.done(&notes);
+                continue;
+            }
+            if p.kind == PUBACK {
+                if let Some(id) = p.puback_id() {
+                    receipts.acked(id);
+                }
                 continue;
             }
             if p.kind != PUBLISH {
@@ -332,8 +438,7 @@ pub(crate) async fn recipient(
                         last_seq = seq;
                         if ctx.receipts && ctx.running() {
                             // XMPP senders asked for one (XEP-0184), as tern tells phones.
-                            let receipt = receipt_up(&id, c.peer, c.peer_ref);
-                            put_publish(&mut out, "u", receipt_ids.next(), &receipt);
+                            queued_receipts.push_back(receipt_up(&id, c.peer, c.peer_ref));
                         }
                         Some((id, c.body))
                     }
@@ -376,18 +481,28 @@ pub(crate) async fn recipient(
             };
             st.deliver(&ctx, &id, &body, publish.payload.len(), &notes);
         }
+        while receipts.open() {
+            let Some(receipt) = queued_receipts.pop_front() else { break };
+            put_publish(&mut out, "u", Some(receipts.next_id()), &receipt);
+        }
         if !out.is_empty() {
-            if let Err(e) = conn.send(&out).await {
+            if let Err(e) = flush(&mut conn, &mut out).await {
                 let what = format!("recipient connection: {e:#}");
                 connection_failed(&notes, &mut st.errors, setup.ready, what);
                 return st;
             }
-            out.clear();
+            last_write = Instant::now();
         }
         let read = tokio::select! {
             _ = stop.changed() => break,
             _ = until(setup.wait_until) => {
                 setup.timed_out(&mut st.errors, &notes);
+                continue;
+            }
+            _ = pings.tick() => {
+                if ping_due(last_write) {
+                    out.extend_from_slice(&PINGREQ);
+                }
                 continue;
             }
             r = conn.fill() => r,
@@ -405,7 +520,7 @@ pub(crate) async fn recipient(
             }
         };
     }
-    conn.disconnect().await;
+    hang_up(conn).await;
     st
 }
 
@@ -415,17 +530,24 @@ mod tests {
 
     #[test]
     fn load_packet_ids_skip_zero_and_the_setup_id() {
-        let ids: Vec<u16> = [
-            0u64,
-            1,
-            u64::from(LOAD_PACKET_IDS) - 1,
-            u64::from(LOAD_PACKET_IDS),
-            2 * u64::from(LOAD_PACKET_IDS),
-        ]
-        .iter()
-        .map(|k| (k % u64::from(LOAD_PACKET_IDS)) as u16 + 1)
-        .collect();
-        assert_eq!(ids, [1, 2, LOAD_PACKET_IDS, 1, 1]);
+        let ids: Vec<u16> = [0, 1, u64::from(LOAD_PACKET_IDS) - 1, u64::from(LOAD_PACKET_IDS)]
+            .into_iter()
+            .map(load_packet_id)
+            .collect();
+        assert_eq!(ids, [1, 2, LOAD_PACKET_IDS, 1]);
         assert!(!ids.contains(&SETUP_PACKET_ID) && !ids.contains(&0));
+    }
+
+    #[test]
+    fn a_window_counts_each_puback_once_and_reopens() {
+        let mut w = Window::new(2);
+        let (a, b) = (w.next_id(), w.next_id());
+        assert!(!w.open());
+        assert!(!w.acked(SETUP_PACKET_ID), "an id never sent");
+        assert!(w.acked(b));
+        assert!(!w.acked(b), "a duplicate PUBACK");
+        assert!(w.open());
+        assert!(w.acked(a));
+        assert_eq!(w.inflight, 0);
     }
 }

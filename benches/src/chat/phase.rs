@@ -123,6 +123,7 @@ pub(crate) async fn run_phase(
             tokio::spawn(mqtt::recipient(
                 ctx.clone(),
                 login,
+                s.inflight_per_sender,
                 per_pair,
                 expected_peer,
                 peer_name(sender_bare),

@@ -128,6 +128,7 @@ impl Target {
     /// tern: the one at `--addr`, or a fresh one in `scratch/tern`.
     pub(crate) async fn tern(a: &TargetArgs, scratch: &Path) -> anyhow::Result<Target> {
         let version = brokers::version_of(&a.tern_bin);
+        let version = if a.running.addr.is_some() { format!("{version} (--tern-bin's)") } else { version };
         if let Some(addr) = a.running.addr {
             return Ok(Target {
                 system: System::Tern,
