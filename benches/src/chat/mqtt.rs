@@ -86,40 +86,77 @@ fn load_packet_id(k: u64) -> u16 {
     (k % u64::from(LOAD_PACKET_IDS)) as u16 + 1
 }
 
-/// Writes `out` (bounded by [`WRITE_LIMIT`]) and empties it.
-async fn flush(conn: &mut Conn, out: &mut Vec<u8>) -> anyhow::Result<()> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    tokio::time::timeout(WRITE_LIMIT, conn.send(out))
-        .await
-        .map_err(|_| anyhow::anyhow!("a write took over {WRITE_LIMIT:?}"))??;
-    out.clear();
-    Ok(())
-}
-
-/// DISCONNECT and close, giving up after 300 ms (the broker may be gone or stuck).
-async fn hang_up(mut conn: Conn) {
-    let _ = tokio::time::timeout(Duration::from_millis(300), conn.disconnect()).await;
-}
-
-/// Ticks every quarter of the keepalive, for [`ping_due`]: one timer per connection, not one
-/// per turn of its loop.
-fn ping_ticks() -> tokio::time::Interval {
-    let every = KEEPALIVE / 4;
-    let mut t = tokio::time::interval_at(Instant::now() + every, every);
-    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    t
-}
-
-/// Whether a tick finds the connection silent long enough to ping (at most half the keepalive
-/// passes without a write).
-fn ping_due(last_write: Instant) -> bool {
-    last_write.elapsed() >= KEEPALIVE / 4
-}
-
 /// A PINGREQ.
 const PINGREQ: [u8; 2] = [0xC0, 0];
+
+/// One load client's connection: what it has to write next, and its keepalive.
+struct Link {
+    conn: Conn,
+    /// Everything this turn of the driver produced, written in one go by [`Link::flush`].
+    out: Vec<u8>,
+    last_write: Instant,
+    /// Ticks every quarter of the keepalive: one timer per connection, not one per turn.
+    pings: tokio::time::Interval,
+}
+
+impl Link {
+    fn new(conn: Conn) -> Link {
+        let every = KEEPALIVE / 4;
+        let mut pings = tokio::time::interval_at(Instant::now() + every, every);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Link { conn, out: Vec::with_capacity(16 * 1024), last_write: Instant::now(), pings }
+    }
+
+    /// Writes what the turn produced, if anything (bounded by [`WRITE_LIMIT`]).
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        tokio::time::timeout(WRITE_LIMIT, self.conn.send(&self.out))
+            .await
+            .map_err(|_| anyhow::anyhow!("a write took over {WRITE_LIMIT:?}"))??;
+        self.out.clear();
+        self.last_write = Instant::now();
+        Ok(())
+    }
+
+    /// The whole packets the next read brings; none when a keepalive tick came first (it
+    /// queues a PINGREQ once the link has been silent for a quarter of the keepalive, so at
+    /// most half of it passes without a write). Cancel safe: it only reads, and queues.
+    async fn next(&mut self) -> anyhow::Result<Vec<Packet>> {
+        tokio::select! {
+            _ = self.pings.tick() => {
+                if self.last_write.elapsed() >= KEEPALIVE / 4 {
+                    self.out.extend_from_slice(&PINGREQ);
+                }
+                Ok(Vec::new())
+            }
+            r = self.conn.fill() => {
+                r?;
+                self.buffered()
+            }
+        }
+    }
+
+    /// The whole packets already read.
+    fn buffered(&mut self) -> anyhow::Result<Vec<Packet>> {
+        let mut list = Vec::new();
+        while let Some(p) = self.conn.next_packet()? {
+            list.push(p);
+        }
+        Ok(list)
+    }
+
+    /// DISCONNECT and close, giving up after 300 ms (the broker may be gone or stuck).
+    async fn hang_up(mut self) {
+        let _ = tokio::time::timeout(Duration::from_millis(300), self.conn.disconnect()).await;
+    }
+}
+
+/// The topic a pair's messages go by on brokers other than tern (raw pub/sub).
+pub(crate) fn pair_topic(pair: usize) -> String {
+    format!("c/{pair}")
+}
 
 /// Who a load client is and where it connects.
 pub(crate) struct Login {
@@ -132,7 +169,7 @@ pub(crate) struct Login {
 /// Connects and logs in with the bench's password (tern's phones use the device as client id,
 /// other brokers the user name); also returns what the read of the CONNACK brought after it
 /// (tern sends the token right behind it).
-async fn connect(kind: Kind, login: &Login) -> Result<(Conn, Vec<Packet>), String> {
+async fn connect(kind: Kind, login: &Login) -> Result<(Link, Vec<Packet>), String> {
     let user = user_name(login.tag, login.role, login.pair);
     let client_id = match kind {
         Kind::Tern => DEVICE,
@@ -148,8 +185,9 @@ async fn connect(kind: Kind, login: &Login) -> Result<(Conn, Vec<Packet>), Strin
         Ok(Ok((_, _, code))) if code != 0 => Err(format!("CONNACK code {code}")),
         Ok(Ok((mut conn, _, _))) => {
             conn.keep_read_buffer();
-            let after = drain_packets(&mut conn).map_err(|e| format!("{e:#}"))?;
-            Ok((conn, after))
+            let mut link = Link::new(conn);
+            let after = link.buffered().map_err(|e| format!("{e:#}"))?;
+            Ok((link, after))
         }
     }
 }
@@ -231,7 +269,7 @@ pub(crate) async fn sender(
     mut stop: watch::Receiver<bool>,
 ) -> SenderStats {
     let mut st = SenderStats::default();
-    let (mut conn, mut packets) = match connect(ctx.kind, &login).await {
+    let (mut link, mut packets) = match connect(ctx.kind, &login).await {
         Ok(c) => c,
         Err(e) => {
             let _ = notes.send(Note::SetupFailed(format!("sender: {e}")));
@@ -244,11 +282,8 @@ pub(crate) async fn sender(
     }
     let mut window = Window::new(sends.window);
     let mut next = 0u64;
-    let mut last_write = Instant::now();
-    let mut pings = ping_ticks();
     let mut schedule: Option<Schedule> = None;
     let mut waiting_for_schedule = true;
-    let mut out = Vec::with_capacity(16 * 1024);
     loop {
         for p in std::mem::take(&mut packets) {
             if p.kind == PUBACK {
@@ -263,14 +298,14 @@ pub(crate) async fn sender(
             }
             let Some(publish) = p.publish() else { continue };
             if let Some(id) = publish.packet_id {
-                put_puback(&mut out, id);
+                put_puback(&mut link.out, id);
             }
             if ctx.kind != Kind::Tern {
                 st.unexpected += 1;
                 continue;
             }
             match Down::decode(publish.payload).ok().and_then(|d| d.body) {
-                Some(down::Body::Token(_)) if !setup.ready => setup.token(&peer, &mut out, &notes),
+                Some(down::Body::Token(_)) if !setup.ready => setup.token(&peer, &mut link.out, &notes),
                 body @ Some(down::Body::Roster(_)) if !setup.ready && peer.learn(&body) => setup.done(&notes),
                 Some(down::Body::Receipt(_)) if ctx.receipts && ctx.running() => {
                     st.receipts += 1;
@@ -315,39 +350,29 @@ pub(crate) async fn sender(
                     Some(&r) => chat_up_by_ref(next, r, micros_since(ctx.epoch)),
                     None => chat_up(next, &sends.peer, micros_since(ctx.epoch)),
                 };
-                put_publish(&mut out, &sends.topic, Some(window.next_id()), &payload);
+                put_publish(&mut link.out, &sends.topic, Some(window.next_id()), &payload);
                 next += 1;
                 st.published += 1;
             }
         }
-        if !out.is_empty() {
-            if let Err(e) = flush(&mut conn, &mut out).await {
-                connection_failed(&notes, &mut st.errors, setup.ready, format!("sender connection: {e:#}"));
-                return st;
-            }
-            last_write = Instant::now();
-        }
-        let read = tokio::select! {
-            _ = stop.changed() => break,
-            s = &mut schedule_rx, if waiting_for_schedule => {
-                waiting_for_schedule = false;
-                schedule = s.ok();
-                continue;
-            }
-            _ = until(setup.wait_until) => {
-                setup.timed_out(&mut st.errors, &notes);
-                continue;
-            }
-            _ = until(next_due) => continue,
-            _ = pings.tick() => {
-                if ping_due(last_write) {
-                    out.extend_from_slice(&PINGREQ);
+        let read = match link.flush().await {
+            Err(e) => Err(e),
+            Ok(()) => tokio::select! {
+                _ = stop.changed() => break,
+                s = &mut schedule_rx, if waiting_for_schedule => {
+                    waiting_for_schedule = false;
+                    schedule = s.ok();
+                    continue;
                 }
-                continue;
-            }
-            r = conn.fill() => r,
+                _ = until(setup.wait_until) => {
+                    setup.timed_out(&mut st.errors, &notes);
+                    continue;
+                }
+                _ = until(next_due) => continue,
+                r = link.next() => r,
+            },
         };
-        packets = match read.and_then(|()| drain_packets(&mut conn)) {
+        packets = match read {
             Ok(p) => p,
             Err(e) => {
                 connection_failed(&notes, &mut st.errors, setup.ready, format!("sender connection: {e:#}"));
@@ -355,17 +380,8 @@ pub(crate) async fn sender(
             }
         };
     }
-    hang_up(conn).await;
+    link.hang_up().await;
     st
-}
-
-/// The whole packets one read brought, or why the connection is unusable.
-fn drain_packets(conn: &mut Conn) -> anyhow::Result<Vec<Packet>> {
-    let mut list = Vec::new();
-    while let Some(p) = conn.next_packet()? {
-        list.push(p);
-    }
-    Ok(list)
 }
 
 /// Logs in (subscribing to the pair's topic on brokers other than tern), reports `Ready`, then
@@ -384,8 +400,8 @@ pub(crate) async fn recipient(
     mut stop: watch::Receiver<bool>,
 ) -> RecipientStats {
     let mut st = RecipientStats::new(expect);
-    let topic = format!("c/{}", login.pair);
-    let (mut conn, mut packets) = match connect(ctx.kind, &login).await {
+    let topic = pair_topic(login.pair);
+    let (mut link, mut packets) = match connect(ctx.kind, &login).await {
         Ok(c) => c,
         Err(e) => {
             let _ = notes.send(Note::SetupFailed(format!("recipient: {e}")));
@@ -393,9 +409,8 @@ pub(crate) async fn recipient(
         }
     };
     let mut setup = Setup::new(&ctx, true);
-    let mut out = Vec::with_capacity(16 * 1024);
     if ctx.kind != Kind::Tern {
-        if let Err(e) = conn.subscribe(&topic).await {
+        if let Err(e) = link.conn.subscribe(&topic).await {
             let _ = notes.send(Note::SetupFailed(format!("subscribe: {e:#}")));
             return st;
         }
@@ -403,8 +418,6 @@ pub(crate) async fn recipient(
     let mut last_seq = 0u64;
     let mut receipts = Window::new(window);
     let mut queued_receipts = std::collections::VecDeque::<Vec<u8>>::new();
-    let mut last_write = Instant::now();
-    let mut pings = ping_ticks();
     loop {
         for p in std::mem::take(&mut packets) {
             if p.kind == SUBACK && !setup.ready {
@@ -422,7 +435,7 @@ pub(crate) async fn recipient(
             }
             let Some(publish) = p.publish() else { continue };
             if let Some(id) = publish.packet_id {
-                put_puback(&mut out, id);
+                put_puback(&mut link.out, id);
             }
             let chat = match ctx.kind {
                 Kind::Tern => match Down::decode(publish.payload) {
@@ -443,7 +456,7 @@ pub(crate) async fn recipient(
                         Some((id, c.body))
                     }
                     Ok(Down { body: Some(down::Body::Token(_)), .. }) if !setup.ready => {
-                        setup.token(&peer, &mut out, &notes);
+                        setup.token(&peer, &mut link.out, &notes);
                         continue;
                     }
                     Ok(Down { body, .. }) if !setup.ready && peer.learn(&body) => {
@@ -483,31 +496,20 @@ pub(crate) async fn recipient(
         }
         while receipts.open() {
             let Some(receipt) = queued_receipts.pop_front() else { break };
-            put_publish(&mut out, "u", Some(receipts.next_id()), &receipt);
+            put_publish(&mut link.out, "u", Some(receipts.next_id()), &receipt);
         }
-        if !out.is_empty() {
-            if let Err(e) = flush(&mut conn, &mut out).await {
-                let what = format!("recipient connection: {e:#}");
-                connection_failed(&notes, &mut st.errors, setup.ready, what);
-                return st;
-            }
-            last_write = Instant::now();
-        }
-        let read = tokio::select! {
-            _ = stop.changed() => break,
-            _ = until(setup.wait_until) => {
-                setup.timed_out(&mut st.errors, &notes);
-                continue;
-            }
-            _ = pings.tick() => {
-                if ping_due(last_write) {
-                    out.extend_from_slice(&PINGREQ);
+        let read = match link.flush().await {
+            Err(e) => Err(e),
+            Ok(()) => tokio::select! {
+                _ = stop.changed() => break,
+                _ = until(setup.wait_until) => {
+                    setup.timed_out(&mut st.errors, &notes);
+                    continue;
                 }
-                continue;
-            }
-            r = conn.fill() => r,
+                r = link.next() => r,
+            },
         };
-        packets = match read.and_then(|()| drain_packets(&mut conn)) {
+        packets = match read {
             Ok(p) => p,
             Err(e) => {
                 connection_failed(
@@ -520,7 +522,7 @@ pub(crate) async fn recipient(
             }
         };
     }
-    hang_up(conn).await;
+    link.hang_up().await;
     st
 }
 

@@ -148,7 +148,7 @@ pub(crate) async fn run_phase(
         }
         let topic = match kind {
             Kind::Tern => "u".to_owned(),
-            Kind::Mosquitto | Kind::Xmpp => format!("c/{i}"),
+            Kind::Mosquitto | Kind::Xmpp => mqtt::pair_topic(i),
         };
         let peer = format!("{recipient}@{recipient_domain}");
         let sends = Sends { n: per_pair, topic, peer: peer.clone(), window: s.inflight_per_sender };
